@@ -1,0 +1,46 @@
+"""nnxp: hand-written backprop on the Python array API (NumPy, CuPy, ...)."""
+
+from . import init, layers, losses, optim
+from .backends import (
+    Backend,
+    BackendMismatchError,
+    BackendUnavailableError,
+    available_backends,
+    backend_of,
+    get_backend,
+    set_backend,
+    to_device,
+    to_numpy,
+    use_backend,
+)
+from .gradcheck import GradcheckError, gradcheck
+from .history import History
+from .io import CheckpointError, load, save
+from .model import NonFiniteLossError, Sequential
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendMismatchError",
+    "BackendUnavailableError",
+    "CheckpointError",
+    "GradcheckError",
+    "History",
+    "NonFiniteLossError",
+    "Sequential",
+    "available_backends",
+    "backend_of",
+    "get_backend",
+    "gradcheck",
+    "init",
+    "layers",
+    "load",
+    "losses",
+    "optim",
+    "save",
+    "set_backend",
+    "to_device",
+    "to_numpy",
+    "use_backend",
+]

@@ -1,0 +1,95 @@
+"""Fully connected layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..init import Initializer, get_initializer
+from .base import Array, Layer
+
+
+class Dense(Layer):
+    """``y = x @ W + b`` with ``W`` of shape ``(in_features, out_features)``.
+
+    Args:
+        in_features: size of the last input axis.
+        out_features: size of the last output axis.
+        bias: learn an additive bias.
+        init: weight initialiser name (``"he"``, ``"glorot"``, ...) or callable;
+            ``None`` lets :class:`~nnxp.Sequential` pick He before ReLU-family
+            activations and Glorot before tanh/sigmoid (He when standalone).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 init: str | Initializer | None = None) -> None:
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int | np.integer) or v <= 0:
+                raise ValueError(f"Dense {name} must be a positive integer, got {v!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.use_bias = bias
+        self.init = init
+        self._x: Array = None
+
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        init = get_initializer(self.init or getattr(self, "default_init", "he"))
+        p = {"weight": init(rng, (self.in_features, self.out_features), self.in_features, self.out_features)}
+        if self.use_bias:
+            p["bias"] = np.zeros(self.out_features)
+        return p
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        if self.backend is None:
+            self._build_from(x)
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{self!r} expects inputs of shape (batch, {self.in_features}), got {tuple(x.shape)}. "
+                + ("Flatten images first (layers.Flatten()) or fix in_features."
+                   if x.ndim > 2 else "Check in_features or the previous layer's output size.")
+            )
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{self!r} has {self.dtype} parameters but got a {x.dtype} input. Cast it first, "
+                f"e.g. nnxp.datasets.scale(x) for uint8 images or xp.astype(x, xp.{self.dtype})."
+            )
+        self._x = x
+        y = x @ self.params["weight"]
+        if self.use_bias:
+            y += self.params["bias"]
+        return y
+
+    def backward(self, grad_y: Array) -> Array:
+        x = self._x
+        if x.ndim == 2:
+            self.grads["weight"] = self.xp.matmul(x.mT, grad_y)
+            if self.use_bias:
+                self.grads["bias"] = self.xp.sum(grad_y, axis=0)
+        else:  # leading batch axes: fold them into one
+            x2 = self.xp.reshape(x, (-1, self.in_features))
+            g2 = self.xp.reshape(grad_y, (-1, self.out_features))
+            self.grads["weight"] = x2.mT @ g2
+            if self.use_bias:
+                self.grads["bias"] = self.xp.sum(g2, axis=0)
+        if not self.need_input_grad:
+            return None
+        return grad_y @ self.params["weight"].mT
+
+    def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        if not input_shape or input_shape[-1] not in (None, self.in_features):
+            raise ValueError(
+                f"{self!r} expects {self.in_features} input features but the previous layer "
+                f"produces per-sample shape {tuple(input_shape)}"
+                + (f" (= {int(np.prod(input_shape))} after Flatten)" if None not in input_shape else "")
+                + ". Fix in_features or the layer before it."
+            )
+        return (*input_shape[:-1], self.out_features)
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"in_features": self.in_features, "out_features": self.out_features}
+        if not self.use_bias:
+            cfg["bias"] = False
+        if isinstance(self.init, str):
+            cfg["init"] = self.init
+        return cfg

@@ -1,0 +1,443 @@
+"""``Sequential``: a stack of layers with batched training and inference."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend, backend_of, resolve_backend
+from .history import History
+from .layers.base import Array, Layer
+from .losses import Loss, check_label_range, get_loss
+from .optim import Optimizer, Slot, get_optimizer
+
+__all__ = ["NonFiniteLossError", "Sequential"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; parameters are as before that step.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        batch: 0-based batch index within the epoch.
+    """
+
+    def __init__(self, epoch: int, batch: int, value: float) -> None:
+        self.epoch, self.batch, self.value = epoch, batch, value
+        super().__init__(
+            f"The loss became {value} at epoch {epoch}, batch {batch}; training stopped and the "
+            "parameters are left as they were before that step. Try a smaller learning rate, "
+            "check the inputs for NaN/inf, or scale them (e.g. to [0, 1])."
+        )
+
+
+_GLOROT_FAMILY = {"tanh"}
+
+
+class Sequential:
+    """Layers applied in order, trained with mini-batch gradient descent.
+
+    Args:
+        layers: the layers, first to last.
+        backend: backend name (``"numpy"``, ``"cupy:1"``, ...) or
+            :class:`~nnxp.Backend`; default: the current backend.
+        dtype: parameter dtype, ``"float32"`` (default) or ``"float64"``.
+        seed: seeds the host NumPy generator of the initial parameters (so
+            one seed gives identical parameters on every backend), the
+            shuffling and the dropout streams.
+    """
+
+    def __init__(self, layers: Iterable[Layer], backend: str | Backend | None = None,
+                 dtype: str = "float32", seed: int = 0) -> None:
+        self.layers: list[Layer] = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential takes Layer instances; item {i} is {type(layer).__name__}")
+        if str(dtype) not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.backend = resolve_backend(backend)
+        self.dtype = str(dtype)
+        self.seed = int(seed)
+        self.epoch = 0  # finished epochs, continues across fit() calls and checkpoints
+        self.optimizer: Optimizer | None = None
+        self.loss: Loss | None = None
+        self.history = History()
+        self._pick_initialisers()
+        rng = np.random.default_rng(self.seed)
+        for layer in self.layers:
+            layer.build(self.backend, self.dtype, rng)
+        self.infer_shape(None)
+
+    # ----------------------------------------------------------- structure
+    def _pick_initialisers(self) -> None:
+        """Glorot for layers followed by tanh/sigmoid, He otherwise (unless set)."""
+        for layer, nxt in zip(self.layers, [*self.layers[1:], None], strict=True):
+            family = nxt.activation_family if nxt is not None else None
+            layer.default_init = "glorot" if family in _GLOROT_FAMILY else "he"
+
+    def infer_shape(self, sample_shape: tuple[int, ...] | None) -> tuple[int | None, ...] | None:
+        """Check that each layer's output fits the next; return the per-sample output shape.
+
+        Args:
+            sample_shape: per-sample input shape (without the batch axis), or
+                ``None`` to start from what the first layer declares.
+
+        Raises:
+            ValueError: naming the first layer whose input does not fit.
+        """
+        shape = sample_shape if sample_shape is not None else self._input_spec()
+        if shape is None:
+            return None
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = tuple(layer.output_shape(tuple(shape)))
+            except ValueError as exc:
+                raise ValueError(f"Layer {i} ({layer!r}): {exc}") from None
+        return shape
+
+    def _input_spec(self) -> tuple[int | None, ...] | None:
+        """Per-sample input shape the first layer declares (``None`` entries unknown)."""
+        first = self.layers[0] if self.layers else None
+        if hasattr(first, "in_features"):
+            return (first.in_features,)
+        if hasattr(first, "in_channels"):
+            return (first.in_channels, None, None)
+        return None
+
+    def slots(self) -> list[Slot]:
+        """``(key, layer, name)`` for every parameter; ``key`` is ``"<layer index>.<name>"``."""
+        return [(f"{i}.{k}", layer, k) for i, layer in enumerate(self.layers) for k in layer.params]
+
+    def num_params(self) -> int:
+        """Number of trainable scalars."""
+        return sum(math.prod(p.shape) for layer in self.layers for p in layer.params.values())
+
+    def summary(self) -> str:
+        """A table of layers, per-sample output shapes and parameter counts."""
+        shape = self._input_spec()
+        rows = []
+        for i, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape) if shape is not None else None
+            n = sum(math.prod(p.shape) for p in layer.params.values())
+            rows.append(f"{i:>3}  {layer!r:<44} {str(shape or '?'):<18} {n:>10,}")
+        head = f"Sequential on {self.backend.name}, {self.dtype}, seed {self.seed}"
+        return "\n".join([head, *rows, f"     total parameters: {self.num_params():,}"])
+
+    def __repr__(self) -> str:
+        inner = ",\n    ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([\n    {inner},\n], backend={self.backend.name!r}, dtype={self.dtype!r}, seed={self.seed})"
+
+    # ----------------------------------------------------------- computing
+    def forward(self, x: Array, training: bool = False) -> Array:
+        """Run the layers on one batch that is already on the model's backend.
+
+        Args:
+            x: input batch.
+            training: training mode (dropout on, BatchNorm batch statistics).
+
+        Returns:
+            The output batch.
+
+        Raises:
+            BackendMismatchError: ``x`` is on another backend or device.
+        """
+        self.backend.check(x, "input")
+        return self._forward(x, training)
+
+    __call__ = forward
+
+    def _forward(self, x: Array, training: bool) -> Array:
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, grad: Array) -> Array:
+        """Backpropagate ``grad`` (dLoss/dOutput) through every layer; fills ``layer.grads``.
+
+        Returns:
+            The gradient with respect to the input (``None`` if the first
+            layer skipped it).
+        """
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    # --------------------------------------------------------------- data
+    def _inputs(self, x: Any, what: str = "x") -> Array:
+        """Move inputs to the model once, check dtype and shape."""
+        b = self.backend
+        try:
+            src = backend_of(x)
+        except TypeError:
+            src = None
+        if src is not None and not src.xp.isdtype(x.dtype, "real floating"):
+            raise TypeError(
+                f"{what} has dtype {x.dtype}; the model computes in {self.dtype}. Convert it first, "
+                "e.g. nnxp.datasets.scale(images) for uint8 pixels, or x.astype('float32')."
+            )
+        x = b.asarray(x, dtype=self.dtype)
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"{what} must hold at least one sample along axis 0, got shape {tuple(x.shape)}")
+        self.infer_shape(tuple(x.shape[1:]))
+        return x
+
+    def _targets(self, y: Any, loss: Loss, n: int, classes: int | None, what: str = "y") -> Array:
+        """Move targets once: integer labels stay integer (checked against the class count)."""
+        b = self.backend
+        y = b.asarray(y)
+        if y.shape[0] != n:
+            raise ValueError(f"x has {n} samples but {what} has {y.shape[0]}: they must have the same length.")
+        xp = b.xp
+        if xp.isdtype(y.dtype, "integral") and getattr(loss, "classification", False) and y.ndim == 1:
+            y = xp.astype(y, xp.int64)
+            if classes is not None:
+                check_label_range(y, classes, xp)
+        elif not xp.isdtype(y.dtype, "real floating"):
+            y = xp.astype(y, b.dtype(self.dtype))
+        elif y.dtype != b.dtype(self.dtype):
+            y = xp.astype(y, b.dtype(self.dtype))
+        return y
+
+    def _classes(self, x: Array) -> int | None:
+        out = self.infer_shape(tuple(x.shape[1:]))
+        return out[-1] if out else None
+
+    # ------------------------------------------------------------ training
+    def fit(self, x: Any, y: Any, loss: Loss | str | None = None, optimizer: Optimizer | str | None = None,
+            epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
+            validation_data: tuple[Any, Any] | None = None, verbose: int = 1,
+            check_finite: str = "auto", callbacks: Sequence[Any] = ()) -> History:
+        """Train with mini-batches.
+
+        Args:
+            x: inputs, ``(samples, ...)``, on any backend (moved once).
+            y: targets: integer labels or one-hot rows for classification, values for regression.
+            loss: a :class:`~nnxp.losses.Loss` or its name; default: the last one used.
+            optimizer: an :class:`~nnxp.optim.Optimizer` or name; default: the last one
+                used (e.g. restored from a checkpoint).
+            epochs: number of epochs to run (numbering continues from ``self.epoch``).
+            batch_size: samples per step; the last batch may be smaller.
+            shuffle: reshuffle each epoch with a host generator seeded by
+                ``(seed, epoch)``, identical on every backend and on resume.
+            validation_data: ``(x_val, y_val)`` evaluated after each epoch.
+            verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+            check_finite: ``"step"`` reads the loss on the host every step and stops before a
+                non-finite update; ``"device"`` keeps an on-device flag, masks updates once the
+                loss is non-finite and reads it at each progress refresh (no per-step sync);
+                ``"auto"``: step on CPU backends, device on GPUs; ``"off"``.
+            callbacks: callables ``cb(model, epoch, logs)`` run after each epoch.
+
+        Returns:
+            The model's :class:`~nnxp.History` (all epochs so far).
+
+        Raises:
+            NonFiniteLossError: the loss became NaN/inf (says epoch and batch).
+            ValueError / TypeError: inputs of the wrong shape, length, dtype or label range.
+        """
+        loss = get_loss(loss) if loss is not None else self.loss
+        if loss is None:
+            raise ValueError("fit needs a loss, e.g. loss=nnxp.losses.SoftmaxCrossEntropy()")
+        optimizer = get_optimizer(optimizer) if optimizer is not None else self.optimizer
+        if optimizer is None:
+            raise ValueError("fit needs an optimizer, e.g. optimizer=nnxp.optim.SGD(lr=0.1)")
+        if batch_size < 1 or epochs < 0:
+            raise ValueError(f"batch_size must be >= 1 and epochs >= 0, got {batch_size}, {epochs}")
+        if check_finite not in ("auto", "step", "device", "off"):
+            raise ValueError(f"check_finite must be 'auto', 'step', 'device' or 'off', got {check_finite!r}")
+        self.loss, self.optimizer = loss, optimizer
+        x = self._inputs(x)
+        n = x.shape[0]
+        y = self._targets(y, loss, n, self._classes(x) if loss.classification else None)
+        if validation_data is not None:
+            xv = self._inputs(validation_data[0], "validation x")
+            yv = self._targets(validation_data[1], loss, xv.shape[0],
+                               self._classes(xv) if loss.classification else None, "validation y")
+        mode = check_finite if check_finite != "auto" else ("step" if self.backend.sync_free else "device")
+
+        xp = self.backend.xp
+        slots = self.slots()
+        nb = -(-n // batch_size)
+        first = self.layers[0] if self.layers else None
+        saved_flags = (first.need_input_grad if first else True, getattr(loss, "check_labels", None))
+        if first is not None:
+            first.need_input_grad = False
+        if saved_flags[1] is not None:
+            loss.check_labels = False  # validated once above
+        try:
+            for _ in range(epochs):
+                epoch = self.epoch + 1
+                t0 = time.perf_counter()
+                for i, layer in enumerate(self.layers):  # per-epoch streams: resume gives the same numbers
+                    layer.init_state(np.random.default_rng([self.seed, epoch, i]))
+                if shuffle:
+                    perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+                    idx = self.backend.from_host(perm)
+                    xs, ys = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
+                else:
+                    xs, ys = x, y
+                logs = self._run_epoch(xs, ys, loss, optimizer, slots, epoch, nb, batch_size, mode, verbose)
+                if validation_data is not None:
+                    val = self.evaluate(xv, yv, loss=loss, batch_size=max(batch_size, 256))
+                    logs.update({f"val_{k}": v for k, v in val.items()})
+                logs["time"] = time.perf_counter() - t0
+                self.epoch = epoch
+                self.history.append(epoch, logs)
+                if verbose == 2 or (verbose == 1 and _tqdm() is None):
+                    print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+                for cb in callbacks:
+                    cb(self, epoch, logs)
+        finally:
+            if first is not None:
+                first.need_input_grad = saved_flags[0]
+            if saved_flags[1] is not None:
+                loss.check_labels = saved_flags[1]
+        return self.history
+
+    def _run_epoch(self, xs: Array, ys: Array, loss: Loss, optimizer: Optimizer, slots: list[Slot],
+                   epoch: int, nb: int, bs: int, mode: str, verbose: int) -> dict[str, float]:
+        xp, n = self.backend.xp, xs.shape[0]
+        layers = self.layers
+        classification = loss.classification
+        zero = xp.zeros((), dtype=self.backend.dtype(self.dtype), device=self.backend.device)
+        total, correct = zero, zero
+        ok = xp.ones((), dtype=xp.bool, device=self.backend.device) if mode == "device" else None
+        first_bad = xp.full((), -1, dtype=xp.int64, device=self.backend.device) if mode == "device" else None
+        tqdm = _tqdm() if verbose == 1 else None
+        bar = tqdm(total=n, desc=f"epoch {epoch}", unit="sample", leave=True, dynamic_ncols=True) if tqdm else None
+        refresh = max(1, nb // 20)
+        seen = 0
+        for b in range(nb):
+            stop = min((b + 1) * bs, n)  # the standard leaves out-of-range slice stops unspecified
+            xb, yb = xs[b * bs:stop, ...], ys[b * bs:stop, ...]
+            m = xb.shape[0]
+            out = xb
+            for layer in layers:
+                out = layer.forward(out, True)
+            lv = loss.forward(out, yb)
+            if mode == "step":
+                value = float(lv)
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(epoch, b, value)
+            elif mode == "device":
+                fin = xp.isfinite(lv)
+                first_bad = xp.where(ok & ~fin, xp.asarray(b, dtype=xp.int64, device=self.backend.device),
+                                     first_bad)
+                ok = ok & fin
+                lv = xp.where(ok, lv, zero)
+            grad = loss.backward()
+            for layer in reversed(layers):
+                grad = layer.backward(grad)
+            optimizer.step(slots, ok)
+            total = total + lv * m
+            if classification:
+                correct = correct + loss.correct(out, yb)
+            seen += m
+            if (b + 1) % refresh == 0 or b == nb - 1:  # the only host reads of an epoch
+                if ok is not None and not bool(ok):
+                    raise NonFiniteLossError(epoch, int(first_bad), float("nan"))
+                if bar is not None:
+                    bar.update(seen - bar.n)
+                    post = {"loss": f"{float(total) / seen:.4f}"}
+                    if classification:
+                        post["acc"] = f"{float(correct) / seen:.4f}"
+                    bar.set_postfix(post, refresh=False)
+        if bar is not None:
+            bar.close()
+        logs = {"loss": float(total) / n}
+        if classification:
+            logs["accuracy"] = float(correct) / n
+        return logs
+
+    # ----------------------------------------------------------- inference
+    def predict(self, x: Any, batch_size: int = 1024) -> Array:
+        """Outputs for ``x``, computed in batches (evaluation mode).
+
+        Args:
+            x: inputs on any backend (moved once).
+            batch_size: samples per forward pass; bounds the activations held on the device.
+
+        Returns:
+            The outputs, on the model's backend.
+        """
+        x = self._inputs(x)
+        xp = self.backend.xp
+        n = x.shape[0]
+        outs = [self._forward(x[i:min(i + batch_size, n), ...], False) for i in range(0, n, batch_size)]
+        return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
+
+    def evaluate(self, x: Any, y: Any, loss: Loss | str | None = None, batch_size: int = 1024) -> dict[str, float]:
+        """Mean loss (and accuracy for classification losses) over a dataset.
+
+        Args:
+            x: inputs on any backend.
+            y: targets.
+            loss: the loss (default: the one last used by ``fit``).
+            batch_size: samples per forward pass.
+
+        Returns:
+            ``{"loss": float}`` plus ``"accuracy"`` for classification.
+        """
+        loss = get_loss(loss) if loss is not None else self.loss
+        if loss is None:
+            raise ValueError("evaluate needs a loss, e.g. loss=nnxp.losses.SoftmaxCrossEntropy()")
+        x = self._inputs(x)
+        n = x.shape[0]
+        y = self._targets(y, loss, n, self._classes(x) if loss.classification else None)
+        xp = self.backend.xp
+        zero = xp.zeros((), dtype=self.backend.dtype(self.dtype), device=self.backend.device)
+        total, correct = zero, zero
+        for i in range(0, n, batch_size):
+            stop = min(i + batch_size, n)
+            xb, yb = x[i:stop, ...], y[i:stop, ...]
+            out = self._forward(xb, False)
+            total = total + loss.forward(out, yb) * xb.shape[0]
+            if loss.classification:
+                correct = correct + loss.correct(out, yb)
+        res = {"loss": float(total) / n}
+        if loss.classification:
+            res["accuracy"] = float(correct) / n
+        return res
+
+    # ------------------------------------------------------------- devices
+    def to(self, backend: str | Backend) -> Sequential:
+        """Move every parameter, gradient, buffer and the optimizer state.
+
+        Args:
+            backend: target backend name or :class:`~nnxp.Backend`.
+
+        Returns:
+            ``self``.
+        """
+        target = resolve_backend(backend)
+        for layer in self.layers:
+            layer.to(target)
+        if self.optimizer is not None:
+            self.optimizer.to(target)
+        self.backend = target
+        return self
+
+    # ---------------------------------------------------------- checkpoints
+    def save(self, path: str) -> None:
+        """Write a checkpoint atomically (see :func:`nnxp.save`)."""
+        from .io import save
+
+        save(self, path)
+
+    def load_weights(self, path: str) -> Sequential:
+        """Load parameters, buffers, optimizer state and epoch from a checkpoint
+        of the same architecture (see :func:`nnxp.load`)."""
+        from .io import load_into
+
+        return load_into(self, path)
+
+
+def _tqdm() -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm

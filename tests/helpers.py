@@ -1,0 +1,28 @@
+"""Assert helpers that check namespace, device, dtype and shape, not just values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import nnxp
+
+
+def assert_on(x: Any, backend: nnxp.Backend, dtype: str | None = None, shape: tuple | None = None) -> None:
+    """``x`` is an array of ``backend``'s namespace, on its device, with the dtype and shape given."""
+    assert backend.owns(x), f"array of {type(x).__module__}.{type(x).__name__} on {getattr(x, 'device', None)} " \
+        f"is not on backend {backend.name} (device {backend.device})"
+    if dtype is not None:
+        assert x.dtype == backend.dtype(dtype), f"dtype {x.dtype} != {dtype}"
+    if shape is not None:
+        assert tuple(x.shape) == tuple(shape), f"shape {tuple(x.shape)} != {tuple(shape)}"
+
+
+def assert_close(actual: Any, expected: Any, backend: nnxp.Backend | None = None, dtype: str | None = None,
+                 rtol: float = 1e-6, atol: float = 1e-7, err_msg: str = "") -> None:
+    """Values agree; when ``backend`` is given, ``actual`` must also live there (and have ``dtype``)."""
+    if backend is not None:
+        assert_on(actual, backend, dtype, getattr(expected, "shape", None))
+    np.testing.assert_allclose(nnxp.to_numpy(actual), nnxp.to_numpy(expected), rtol=rtol, atol=atol,
+                               err_msg=err_msg)
