@@ -56,6 +56,7 @@ class History:
             if path is not None:
                 matplotlib.use("Agg", force=False)
             import matplotlib.pyplot as plt
+            from matplotlib.ticker import MaxNLocator
         except ImportError as exc:
             raise ImportError("History.plot needs matplotlib: pip install 'nnxp[examples]'") from exc
         groups = [m for m in ("loss", "accuracy") if m in self.history or f"val_{m}" in self.history]
@@ -64,6 +65,7 @@ class History:
             for key, label, style in ((metric, "train", "o-"), (f"val_{metric}", "validation", "s--")):
                 if key in self.history:
                     ax.plot(self.epochs, self.history[key], style, label=label)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)

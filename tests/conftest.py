@@ -31,6 +31,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a working CuPy/CUDA device")
     config.addinivalue_line("markers", "slow: trains real models (seconds to minutes)")
     config.addinivalue_line("markers", "torch: compares with a PyTorch twin")
+    config.addinivalue_line("markers", "backend: parametrized over backends (set automatically)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "backend" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.backend)
 
 
 def _selected(config: pytest.Config) -> list[str]:

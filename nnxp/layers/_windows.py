@@ -59,7 +59,8 @@ def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def offset_slices(kernel: Pair, stride: Pair, dilation: Pair, out_hw: Pair) -> tuple[tuple[slice, slice], ...]:
+def offset_slices(kernel: Pair, stride: Pair, dilation: Pair,
+                  out_hw: Pair) -> tuple[tuple[slice, slice], ...]:
     """One ``(rows, cols)`` slice pair per kernel offset, row-major over the kernel.
 
     Each selects, from the padded input, the input pixel that kernel offset
@@ -101,7 +102,7 @@ def check_images(layer: Any, x: Array, channels: int | None = None) -> None:
     if x.ndim != 4:
         hint = ""
         if x.ndim == 2:
-            side = int(round(shape[1] ** 0.5))
+            side = round(shape[1] ** 0.5)
             ex = f"(-1, 1, {side}, {side})" if side * side == shape[1] else "(-1, channels, height, width)"
             hint = f" Reshape flat images first, e.g. xp.reshape(x, {ex})."
         elif x.ndim == 3:
@@ -141,7 +142,8 @@ def spatial_out(layer: Any, hw: tuple[int | None, int | None], kernel: Pair, str
         ``(OH, OW)``.
     """
     out = []
-    for axis, size, k, s, p, d in zip(("height", "width"), hw, kernel, stride, padding, dilation, strict=True):
+    axes = ("height", "width")
+    for axis, size, k, s, p, d in zip(axes, hw, kernel, stride, padding, dilation, strict=True):
         if size is None:
             out.append(None)
             continue

@@ -1,0 +1,255 @@
+"""2-D convolution (NCHW) as one large matrix product over unfolded windows (im2col)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..init import Initializer, get_initializer
+from . import _windows as win
+from .base import Array, Layer
+
+
+class Conv2D(Layer):
+    """2-D cross-correlation over NCHW images, like :class:`torch.nn.Conv2d`.
+
+    The input is moved once to channels-first ``(C, N, Hp, Wp)`` layout and
+    padded; the windows of a batch chunk are then unfolded into one
+    contiguous ``(kh*kw*C, nb*OH*OW)`` column matrix, so the forward pass and
+    both gradients are single large matrix products. Batches whose columns
+    exceed :attr:`col_budget` bytes are processed in chunks (the columns are
+    then recomputed in ``backward`` instead of kept).
+
+    On the NumPy backend the columns come from one ``as_strided`` view copy
+    instead of ``kh*kw`` slice copies (set ``use_fast_path = False`` to use
+    the portable path everywhere).
+
+    Args:
+        in_channels: number of input channels ``C``.
+        out_channels: number of output channels (filters).
+        kernel_size: ``k`` or ``(kh, kw)``.
+        stride: ``s`` or ``(sh, sw)``.
+        padding: zero padding on each side, ``p`` or ``(ph, pw)``; ``"valid"``
+            means 0, ``"same"`` keeps the size at stride 1 (odd effective kernels).
+        dilation: spacing between kernel taps, ``d`` or ``(dh, dw)``.
+        bias: learn a per-channel additive bias.
+        init: weight initialiser name (``"he"``, ``"glorot"``, ...) or callable;
+            ``None`` lets :class:`~nnxp.Sequential` choose (He when standalone),
+            with ``fan_in = in_channels * kh * kw``, ``fan_out = out_channels * kh * kw``.
+
+    Attributes:
+        col_budget: bytes of unfolded columns per batch chunk (default 64 MiB).
+        use_fast_path: use the NumPy-specific unfolding on the NumPy backend.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
+                 stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
+                 dilation: int | Sequence[int] = 1, bias: bool = True,
+                 init: str | Initializer | None = None) -> None:
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"Conv2D {name} must be a positive integer, got {v!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = win.as_pair(kernel_size, "kernel_size", "Conv2D")
+        self.stride = win.as_pair(stride, "stride", "Conv2D")
+        self.dilation = win.as_pair(dilation, "dilation", "Conv2D")
+        self._padding_arg = padding
+        self.padding = self._resolve_padding(padding)
+        self.use_bias = bool(bias)
+        self.init = init
+        self.col_budget = win.COL_BUDGET_BYTES
+        self.use_fast_path = True
+        self._cache: dict[str, Any] = {}
+
+    def _resolve_padding(self, padding: int | Sequence[int] | str) -> win.Pair:
+        if isinstance(padding, str):
+            if padding == "valid":
+                return (0, 0)
+            if padding != "same":
+                raise ValueError(f"Conv2D padding must be an int, a pair, 'valid' or 'same'; got {padding!r}")
+            if self.stride != (1, 1):
+                raise ValueError(f"Conv2D padding='same' needs stride 1, got stride={self.stride}; "
+                                 "give the padding as a number instead.")
+            spans = [d * (k - 1) for k, d in zip(self.kernel_size, self.dilation, strict=True)]
+            if any(s % 2 for s in spans):
+                raise ValueError(
+                    f"Conv2D padding='same' needs an odd effective kernel (dilation*(kernel_size-1) even), "
+                    f"got kernel_size={self.kernel_size}, dilation={self.dilation}: that would need "
+                    "asymmetric padding, which Conv2D does not do. Use an odd kernel_size."
+                )
+            return (spans[0] // 2, spans[1] // 2)
+        return win.as_pair(padding, "padding", "Conv2D", minimum=0)
+
+    # ------------------------------------------------------------ building
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        init = get_initializer(self.init or getattr(self, "default_init", "he"))
+        kh, kw = self.kernel_size
+        shape = (self.out_channels, self.in_channels, kh, kw)
+        p = {"weight": init(rng, shape, self.in_channels * kh * kw, self.out_channels * kh * kw)}
+        if self.use_bias:
+            p["bias"] = np.zeros(self.out_channels)
+        return p
+
+    def moved(self, backend: Any) -> None:
+        self._cache = {}
+
+    # ------------------------------------------------------------ computing
+    def _check(self, x: Array) -> tuple[int, int]:
+        win.check_images(self, x, self.in_channels)
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{self!r} has {self.dtype} parameters but got a {x.dtype} input. Cast it first, "
+                f"e.g. xp.astype(x, xp.{self.dtype}), or build the model with dtype='{self.dtype}'."
+            )
+        return win.spatial_out(self, tuple(x.shape[2:]), self.kernel_size, self.stride, self.padding,
+                               self.dilation, f"input of shape {tuple(x.shape)}")
+
+    def _chunk(self, n: int, per_sample: int) -> int:
+        itemsize = self.xp.finfo(self.dtype).bits // 8
+        return max(1, min(n, self.col_budget // max(1, per_sample * itemsize)))
+
+    def _unfold(self, xpt: Array, n0: int, n1: int, oh: int, ow: int) -> Array:
+        """Columns ``(kh*kw*C, nb*OH*OW)`` of batch items ``n0:n1`` of padded ``(C, N, Hp, Wp)`` input;
+        rows ordered (kernel row, kernel column, channel)."""
+        xp = self.xp
+        kh, kw = self.kernel_size
+        c = self.in_channels
+        nb = n1 - n0
+        if self.use_fast_path and self.backend.kind == "numpy":
+            return _unfold_numpy(xpt[:, n0:n1], self.kernel_size, self.stride, self.dilation, (oh, ow))
+        part = xpt[:, n0:n1, :, :]
+        if kh * kw == 1 and self.stride == (1, 1):
+            cols = part  # 1x1 convolution: the (unpadded) input is its own column matrix
+        else:
+            sl = win.offset_slices(self.kernel_size, self.stride, self.dilation, (oh, ow))
+            cols = xp.stack([part[:, :, si, sj] for si, sj in sl], axis=0)
+        return xp.reshape(cols, (kh * kw * c, nb * oh * ow))
+
+    def _fold(self, dcols: Array, nb: int, hp: int, wp: int, oh: int, ow: int) -> Array:
+        """Adjoint of :meth:`_unfold`: add columns back into a padded ``(C, nb, Hp, Wp)`` gradient."""
+        xp = self.xp
+        kh, kw = self.kernel_size
+        c = self.in_channels
+        d5 = xp.reshape(dcols, (kh * kw, c, nb, oh, ow))
+        sl = win.offset_slices(self.kernel_size, self.stride, self.dilation, (oh, ow))
+        if kh * kw == 1 and (hp, wp) == (oh, ow):
+            return d5[0, ...]
+        gpad = xp.zeros((c, nb, hp, wp), dtype=dcols.dtype, device=self.backend.device)
+        for k, (si, sj) in enumerate(sl):
+            gpad[:, :, si, sj] += d5[k, ...]
+        return gpad
+
+    def _weight_matrix(self) -> Array:
+        """The weight as ``(out, kh*kw*C)`` with columns ordered like the unfolded rows."""
+        xp = self.xp
+        w = self.params["weight"]
+        kh, kw = self.kernel_size
+        return xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (self.out_channels, kh * kw * self.in_channels))
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        if self.backend is None:
+            self._build_from(x)
+        oh, ow = self._check(x)
+        xp = self.xp
+        n, _, h, w = x.shape
+        o = self.out_channels
+        # channels first: the columns of a batch chunk form one contiguous matrix
+        xpt = win.pad_last2(xp, xp.permute_dims(x, (1, 0, 2, 3)), self.padding, device=self.backend.device)
+        w2 = self._weight_matrix()
+        bias = xp.reshape(self.params["bias"], (o, 1)) if self.use_bias else None
+        nb = self._chunk(n, self.kernel_size[0] * self.kernel_size[1] * self.in_channels * oh * ow)
+        y = xp.empty((n, o, oh, ow), dtype=x.dtype, device=self.backend.device)
+        cols = None
+        for n0 in range(0, n, nb):
+            n1 = min(n, n0 + nb)
+            cols = self._unfold(xpt, n0, n1, oh, ow)
+            y2 = w2 @ cols
+            if bias is not None:
+                y2 += bias
+            y[n0:n1, ...] = xp.permute_dims(xp.reshape(y2, (o, n1 - n0, oh, ow)), (1, 0, 2, 3))
+        self._cache = {"xpt": xpt, "in_hw": (h, w), "out_hw": (oh, ow), "nb": nb, "w2": w2,
+                       "cols": cols if training and nb >= n else None}
+        return y
+
+    def backward(self, grad_y: Array) -> Array:
+        if not self._cache:
+            raise RuntimeError(f"{self!r}.backward() called before forward()")
+        xp = self.xp
+        c = self._cache
+        xpt, (h, w), (oh, ow), nb, w2 = c["xpt"], c["in_hw"], c["out_hw"], c["nb"], c["w2"]
+        n = xpt.shape[1]
+        hp, wp = xpt.shape[2], xpt.shape[3]
+        ph, pw = self.padding
+        o = self.out_channels
+        if tuple(grad_y.shape) != (n, o, oh, ow):
+            raise ValueError(f"{self!r}.backward expects a gradient of shape {(n, o, oh, ow)} "
+                             f"(the output's), got {tuple(grad_y.shape)}")
+        gt = xp.permute_dims(grad_y, (1, 0, 2, 3))
+        dw2 = None
+        need_gx = self.need_input_grad
+        gx = (xp.empty((n, self.in_channels, h, w), dtype=grad_y.dtype, device=self.backend.device)
+              if need_gx else None)
+        for n0 in range(0, n, nb):
+            n1 = min(n, n0 + nb)
+            cols = c["cols"] if c["cols"] is not None else self._unfold(xpt, n0, n1, oh, ow)
+            g2 = xp.reshape(gt[:, n0:n1, :, :], (o, (n1 - n0) * oh * ow))
+            part = g2 @ cols.mT
+            dw2 = part if dw2 is None else dw2 + part
+            if not need_gx:
+                continue
+            gpad = self._fold(w2.mT @ g2, n1 - n0, hp, wp, oh, ow)
+            gx[n0:n1, ...] = xp.permute_dims(gpad[:, :, ph:ph + h, pw:pw + w], (1, 0, 2, 3))
+        kh, kw = self.kernel_size
+        self.grads["weight"] = xp.permute_dims(
+            xp.reshape(dw2, (o, kh, kw, self.in_channels)), (0, 3, 1, 2))
+        if self.use_bias:
+            self.grads["bias"] = xp.sum(grad_y, axis=(0, 2, 3))
+        c["cols"] = None  # free the columns; a second backward recomputes them
+        return gx
+
+    # ---------------------------------------------------------- shapes, config
+    def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        shape = tuple(input_shape)
+        if len(shape) != 3:
+            raise ValueError(f"{self!r} expects per-sample inputs (channels, height, width), got {shape}. "
+                             + ("Reshape flat inputs to images first, e.g. xp.reshape(x, (-1, 1, 28, 28))."
+                                if len(shape) == 1 else "Images are NCHW."))
+        if shape[0] not in (None, self.in_channels):
+            raise ValueError(f"{self!r} expects {self.in_channels} input channels but the previous layer "
+                             f"produces per-sample shape {shape}. Fix in_channels or the layer before it.")
+        oh, ow = win.spatial_out(self, shape[1:], self.kernel_size, self.stride, self.padding,
+                                 self.dilation, f"per-sample input {shape}")
+        return (self.out_channels, oh, ow)
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                               "kernel_size": win.compact(self.kernel_size)}
+        if self.stride != (1, 1):
+            cfg["stride"] = win.compact(self.stride)
+        if isinstance(self._padding_arg, str):
+            cfg["padding"] = self._padding_arg
+        elif self.padding != (0, 0):
+            cfg["padding"] = win.compact(self.padding)
+        if self.dilation != (1, 1):
+            cfg["dilation"] = win.compact(self.dilation)
+        if not self.use_bias:
+            cfg["bias"] = False
+        if isinstance(self.init, str):
+            cfg["init"] = self.init
+        return cfg
+
+
+def _unfold_numpy(part: np.ndarray, kernel: win.Pair, stride: win.Pair, dilation: win.Pair,
+                  out_hw: win.Pair) -> np.ndarray:
+    """NumPy fast path of :meth:`Conv2D._unfold`: one strided view, one copy."""
+    from numpy.lib.stride_tricks import as_strided
+
+    c, nb = part.shape[0], part.shape[1]
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
+    s_c, s_n, s_h, s_w = part.strides
+    view = as_strided(part, shape=(kh, kw, c, nb, oh, ow),
+                      strides=(dh * s_h, dw * s_w, s_c, s_n, sh * s_h, sw * s_w), writeable=False)
+    return view.reshape(kh * kw * c, nb * oh * ow)

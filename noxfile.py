@@ -1,0 +1,75 @@
+"""Test, lint and benchmark sessions.
+
+Sessions run in the current environment (install first with
+``pip install -e '.[dev,examples]'``): the GPU machines have no package
+registry, and one shared environment keeps CI fast on two cores.
+
+    nox                      # what this machine can run (tests-cupy only where a GPU works)
+    nox -s tests-cupy        # fails loudly without a working CUDA device
+    nox -s bench -- --backend cupy
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.error_on_missing_interpreters = False
+
+
+def _cupy_status() -> str | None:
+    """None when a CUDA device works through CuPy, else why not."""
+    try:
+        from nnxp.backends import BackendUnavailableError, resolve_backend
+    except ImportError as exc:  # nnxp not installed: say so rather than hide the GPU session
+        return f"nnxp is not importable ({exc}); pip install -e '.[dev]'"
+    try:
+        resolve_backend("cupy")
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+_DEFAULT = ["tests-numpy", "tests-strict", "lint"]
+if _cupy_status() is None:
+    _DEFAULT.insert(2, "tests-cupy")
+nox.options.sessions = _DEFAULT
+
+
+def _pytest(session: nox.Session, backends: list[str], *extra: str) -> None:
+    args = [f"--backend={b}" for b in backends]
+    session.run("python", "-m", "pytest", *args, *extra, *session.posargs)
+
+
+@nox.session(name="tests-numpy")
+def tests_numpy(session: nox.Session) -> None:
+    """The suite on the NumPy backend (plus backend-free tests)."""
+    _pytest(session, ["numpy"])
+
+
+@nox.session(name="tests-strict")
+def tests_strict(session: nox.Session) -> None:
+    """The backend-parametrized tests on array_api_strict, default device and device1
+    (array-API conformance); backend-free and slow tests already ran in tests-numpy."""
+    _pytest(session, ["strict"], "-m", "backend and not slow")
+
+
+@nox.session(name="tests-cupy")
+def tests_cupy(session: nox.Session) -> None:
+    """The suite on CuPy; errors out (not skips) when no CUDA device works."""
+    why = _cupy_status()
+    if why is not None:
+        session.error(f"tests-cupy needs a working CuPy/CUDA device: {why}")
+    _pytest(session, ["cupy"], "-m", "backend", "--require-gpu")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tests, examples and benchmarks."""
+    session.run("ruff", "check", "nnxp", "tests", "examples", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed against hand-written NumPy/CuPy and PyTorch (pass options after --)."""
+    session.run("python", "benchmarks/bench.py", *session.posargs)

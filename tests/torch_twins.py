@@ -1,0 +1,214 @@
+"""PyTorch twins of nnxp layers, losses, models and optimizers (in the style of
+numpy-ml's ``nn_torch_models.py``).
+
+Each twin copies nnxp's parameters into an equivalent ``torch.nn`` object, runs
+it in float64 with autograd and returns the results in nnxp's layout, so tests
+can compare forward values, the input gradient and every parameter gradient.
+
+Layout note: ``nnxp.layers.Dense`` keeps ``weight`` as ``(in_features,
+out_features)`` (``y = x @ W + b``) while ``torch.nn.Linear.weight`` is
+``(out_features, in_features)``: the twins transpose on the way in and out.
+
+torch is imported lazily through :func:`torch`, which skips the calling test
+cleanly (``pytest.importorskip``) where PyTorch is not installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nnxp
+from nnxp import layers, losses, optim
+
+
+def torch() -> Any:
+    """The ``torch`` module, or skip the calling test when it is missing."""
+    return pytest.importorskip("torch")
+
+
+def _t(a: Any, requires_grad: bool = False) -> Any:
+    th = torch()
+    t = th.tensor(np.array(nnxp.to_numpy(a), dtype=np.float64, copy=True), dtype=th.float64)
+    return t.requires_grad_(requires_grad)
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().cpu().numpy().copy()
+
+
+# ------------------------------------------------------------------ layers
+def torch_layer(layer: layers.Layer) -> Any:
+    """A float64 ``torch.nn.Module`` equivalent to ``layer`` with its parameters copied."""
+    th = torch()
+    nn = th.nn
+    if isinstance(layer, layers.Dense):
+        lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.use_bias, dtype=th.float64)
+        with th.no_grad():
+            lin.weight.copy_(_t(layer.params["weight"]).T)
+            if layer.use_bias:
+                lin.bias.copy_(_t(layer.params["bias"]))
+        return lin
+    if isinstance(layer, layers.LeakyReLU):
+        return nn.LeakyReLU(layer.negative_slope)
+    if isinstance(layer, layers.ReLU):
+        return nn.ReLU()
+    if isinstance(layer, layers.Tanh):
+        return nn.Tanh()
+    if isinstance(layer, layers.Sigmoid):
+        return nn.Sigmoid()
+    if isinstance(layer, layers.Softmax):
+        return nn.Softmax(dim=-1)
+    if isinstance(layer, layers.GELU):
+        return nn.GELU(approximate=layer.approximate)
+    raise NotImplementedError(f"no torch twin for {layer!r}")
+
+
+def torch_param_grads(layer: layers.Layer, module: Any) -> dict[str, np.ndarray]:
+    """The twin's parameter gradients, keyed and laid out like ``layer.grads``."""
+    if isinstance(layer, layers.Dense):
+        out = {"weight": _np(module.weight.grad).T.copy()}
+        if layer.use_bias:
+            out["bias"] = _np(module.bias.grad)
+        return out
+    return {}
+
+
+def torch_params(layer: layers.Layer, module: Any) -> dict[str, np.ndarray]:
+    """The twin's parameters, keyed and laid out like ``layer.params``."""
+    if isinstance(layer, layers.Dense):
+        out = {"weight": _np(module.weight).T.copy()}
+        if layer.use_bias:
+            out["bias"] = _np(module.bias)
+        return out
+    return {}
+
+
+def layer_twin(layer: layers.Layer, x: Any, grad_y: Any) -> dict[str, Any]:
+    """Forward ``x`` and backward ``grad_y`` through the torch twin of ``layer``.
+
+    Returns:
+        ``{"y": ..., "grad_x": ..., "grads": {name: ...}}`` as float64 NumPy arrays,
+        gradients in nnxp's layout.
+    """
+    module = torch_layer(layer)
+    xt = _t(x, requires_grad=True)
+    y = module(xt)
+    y.backward(_t(grad_y))
+    return {"y": _np(y), "grad_x": _np(xt.grad), "grads": torch_param_grads(layer, module)}
+
+
+# ------------------------------------------------------------------ losses
+def loss_twin(loss: losses.Loss, y_pred: Any, y_true: Any) -> dict[str, Any]:
+    """Value and gradient (w.r.t. ``y_pred``) of the PyTorch functional twin of ``loss``.
+
+    Returns:
+        ``{"loss": float, "grad": np.ndarray}``.
+    """
+    th = torch()
+    F = th.nn.functional
+    p = _t(y_pred, requires_grad=True)
+    t_host = nnxp.to_numpy(y_true)
+    if isinstance(loss, losses.MSE):
+        value = F.mse_loss(p, _t(t_host))
+    elif isinstance(loss, losses.BinaryCrossEntropy):
+        if loss.from_logits:
+            value = F.binary_cross_entropy_with_logits(p, _t(t_host))
+        else:
+            value = F.binary_cross_entropy(p, _t(t_host))
+    elif isinstance(loss, losses.SoftmaxCrossEntropy):
+        if t_host.ndim == 1:
+            value = F.cross_entropy(p, th.tensor(t_host.astype(np.int64)))
+        else:
+            value = F.cross_entropy(p, _t(t_host))  # class probabilities
+    else:
+        raise NotImplementedError(f"no torch twin for {loss!r}")
+    value.backward()
+    return {"loss": float(value.detach()), "grad": _np(p.grad)}
+
+
+# ------------------------------------------------------------------ models
+def torch_model(model: nnxp.Sequential) -> Any:
+    """A float64 ``torch.nn.Sequential`` twin of ``model`` with its parameters copied."""
+    th = torch()
+    return th.nn.Sequential(*[torch_layer(layer) for layer in model.layers])
+
+
+def torch_model_params(model: nnxp.Sequential, twin: Any) -> dict[str, np.ndarray]:
+    """The twin's parameters keyed like ``Sequential.slots()`` (``"<layer>.<name>"``)."""
+    out = {}
+    for i, (layer, module) in enumerate(zip(model.layers, twin)):
+        for k, v in torch_params(layer, module).items():
+            out[f"{i}.{k}"] = v
+    return out
+
+
+def model_params(model: nnxp.Sequential) -> dict[str, np.ndarray]:
+    """nnxp parameters as host arrays keyed like ``Sequential.slots()``."""
+    return {key: nnxp.to_numpy(layer.params[name]).copy() for key, layer, name in model.slots()}
+
+
+def torch_optimizer(opt: optim.Optimizer, params: Any) -> Any:
+    """The ``torch.optim`` optimizer with the same hyperparameters as ``opt``."""
+    th = torch()
+    params = list(params)
+    if isinstance(opt, optim.SGD):
+        return th.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
+                            weight_decay=opt.weight_decay)
+    if isinstance(opt, optim.AdamW):
+        return th.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    if isinstance(opt, optim.Adam):
+        return th.optim.Adam(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    raise NotImplementedError(f"no torch twin for {opt!r}")
+
+
+def torch_loss_fn(loss: losses.Loss) -> Any:
+    """A callable ``(y_pred_tensor, y_true_tensor) -> scalar`` equivalent to ``loss``."""
+    th = torch()
+    F = th.nn.functional
+    if isinstance(loss, losses.MSE):
+        return F.mse_loss
+    if isinstance(loss, losses.BinaryCrossEntropy):
+        return F.binary_cross_entropy_with_logits if loss.from_logits else F.binary_cross_entropy
+    if isinstance(loss, losses.SoftmaxCrossEntropy):
+        return F.cross_entropy
+    raise NotImplementedError(f"no torch twin for {loss!r}")
+
+
+def torch_train_steps(model: nnxp.Sequential, loss: losses.Loss, opt: optim.Optimizer,
+                      batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Any, list[float]]:
+    """Train a twin of ``model`` (copied now, before nnxp trains) on ``batches``.
+
+    Returns:
+        ``(twin, losses_per_step)``.
+    """
+    th = torch()
+    twin = torch_model(model)
+    topt = torch_optimizer(opt, twin.parameters())
+    fn = torch_loss_fn(loss)
+    values = []
+    for xb, yb in batches:
+        topt.zero_grad()
+        yt = th.tensor(yb) if np.issubdtype(yb.dtype, np.integer) else _t(yb)
+        value = fn(twin(_t(xb)), yt)
+        value.backward()
+        topt.step()
+        values.append(float(value.detach()))
+    return twin, values
+
+
+def nnxp_train_steps(model: nnxp.Sequential, loss: losses.Loss, opt: optim.Optimizer,
+                     batches: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    """The same steps as :func:`torch_train_steps` by hand on the nnxp model."""
+    b = model.backend
+    slots = model.slots()
+    values = []
+    for xb, yb in batches:
+        out = model.forward(b.asarray(xb, dtype=model.dtype), training=True)
+        yd = b.asarray(yb) if np.issubdtype(yb.dtype, np.integer) else b.asarray(yb, dtype=model.dtype)
+        values.append(float(loss.forward(out, yd)))
+        model.backward(loss.backward())
+        opt.step(slots)
+    return values
