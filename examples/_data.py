@@ -22,8 +22,9 @@ def load(name: str, subset: int | None = None, download: bool = True) -> tuple[s
             (x, y), (xt, yt) = datasets.load_mnist(download=download, timeout=20)
             return "MNIST", *_cut((x, y), (xt, yt), subset), datasets.MNIST_CLASSES
         except datasets.DatasetNotFoundError as exc:
-            first = str(exc).splitlines()[0]
-            print(f"MNIST cannot be had here ({first}); training on Fashion-MNIST instead.", file=sys.stderr)
+            last = exc.tried[-1] if getattr(exc, "tried", None) else str(exc).splitlines()[0]
+            print(f"MNIST cannot be had here: no local copy, and the download failed ({last}). "
+                  "Training on Fashion-MNIST instead.", file=sys.stderr)
     (x, y), (xt, yt) = datasets.load_fashion_mnist(download=download, timeout=20)
     return "Fashion-MNIST", *_cut((x, y), (xt, yt), subset), datasets.FASHION_MNIST_CLASSES
 

@@ -1,6 +1,6 @@
 """nnxp: hand-written backprop on the Python array API (NumPy, CuPy, ...)."""
 
-from . import init, layers, losses, optim
+from . import datasets, init, layers, losses, optim
 from .backends import (
     Backend,
     BackendMismatchError,
@@ -31,6 +31,7 @@ __all__ = [
     "Sequential",
     "available_backends",
     "backend_of",
+    "datasets",
     "get_backend",
     "gradcheck",
     "init",

@@ -87,7 +87,9 @@ def resolve_backend(backend: str | Backend | None = None) -> Backend:
     key = _split(backend)
     if key not in _cache:
         module = importlib.import_module(_MODULES[key[0]])
-        _cache[key] = module.make(key[1])
+        made = module.make(key[1])
+        # aliases ("numpy:cpu", "cupy" = "cupy:0") share the instance of the canonical name
+        _cache[key] = _cache.setdefault(_split(made.name), made)
     return _cache[key]
 
 

@@ -50,9 +50,10 @@ class Dense(Layer):
                    if x.ndim > 2 else "Check in_features or the previous layer's output size.")
             )
         if x.dtype != self.dtype:
+            self.backend.check(x, "input")  # an array of another backend: say so, not "wrong dtype"
             raise TypeError(
-                f"{self!r} has {self.dtype} parameters but got a {x.dtype} input. Cast it first, "
-                f"e.g. nnxp.datasets.scale(x) for uint8 images or xp.astype(x, xp.{self.dtype})."
+                f"{self!r} has {self.dtype} parameters but got a {x.dtype} input. Cast it first, e.g. "
+                f"nnxp.datasets.scale(x) for uint8 images or xp.astype(x, xp.{str(self.dtype).rsplit('.', 1)[-1]})."
             )
         self._x = x
         y = x @ self.params["weight"]
