@@ -9,7 +9,7 @@ import sys
 # Run from a checkout without installing: make `import nnxp` find the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import nnxp  # noqa: E402
+import nnxp
 
 
 def parser(description: str) -> argparse.ArgumentParser:

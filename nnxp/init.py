@@ -59,4 +59,6 @@ def get_initializer(init: str | Initializer) -> Initializer:
     try:
         return INITIALIZERS[init]
     except KeyError:
-        raise ValueError(f"Unknown initialiser {init!r}; choose one of {sorted(INITIALIZERS)} or pass a callable.") from None
+        raise ValueError(
+            f"Unknown initialiser {init!r}; choose one of {sorted(INITIALIZERS)} or pass a callable."
+        ) from None

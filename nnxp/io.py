@@ -102,7 +102,10 @@ def save(model: Sequential, path: str | os.PathLike) -> None:
 def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):  # a bare .npy array: np.load returned an ndarray, not an archive
+            raise CheckpointError(f"{path} holds a single .npy array, not an nnxp checkpoint (.npz archive).")
+        with loaded as data:
             if "__meta__" not in data.files:
                 raise CheckpointError(f"{path} is an .npz file but not an nnxp checkpoint (no __meta__ entry).")
             meta = json.loads(bytes(data["__meta__"]).decode())
@@ -117,7 +120,9 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an nnxp checkpoint (format {meta.get('format')!r}).")
     if meta.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path} was written by a newer nnxp (checkpoint version {meta['version']}); upgrade nnxp.")
+        raise CheckpointError(
+            f"{path} was written by a newer nnxp (checkpoint version {meta['version']}); upgrade nnxp."
+        )
     return meta, arrays
 
 

@@ -30,7 +30,9 @@ class Loss:
         """
         raise NotImplementedError
 
-    __call__ = forward
+    def __call__(self, y_pred: Array, y_true: Array) -> Array:
+        # not ``__call__ = forward``: that would bind this abstract method, not the subclass's
+        return self.forward(y_pred, y_true)
 
     def backward(self) -> Array:
         """Gradient of the last :meth:`forward` with respect to ``y_pred``."""

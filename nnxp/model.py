@@ -338,7 +338,9 @@ class Sequential:
             seen += m
             if (b + 1) % refresh == 0 or b == nb - 1:  # the only host reads of an epoch
                 if ok is not None and not bool(ok):
-                    raise NonFiniteLossError(epoch, int(first_bad), float("nan"))
+                    bad = int(first_bad)
+                    optimizer.steps -= b - bad + 1  # masked steps changed nothing: keep Adam's step count true
+                    raise NonFiniteLossError(epoch, bad, float("nan"))
                 if bar is not None:
                     bar.update(seen - bar.n)
                     post = {"loss": f"{float(total) / seen:.4f}"}

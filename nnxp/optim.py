@@ -144,6 +144,8 @@ class Adam(Optimizer):
         b1, b2 = betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps!r}")
         self.betas, self.eps = (float(b1), float(b2)), float(eps)
 
     def init_state(self, p: Array) -> dict[str, Array]:

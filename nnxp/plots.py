@@ -41,7 +41,7 @@ def plot_misclassified(images: Any, y_true: Any, y_pred: Any, class_names: Seque
     images, y_true, y_pred = to_numpy(images), to_numpy(y_true), to_numpy(y_pred)
     wrong = np.flatnonzero(y_true != y_pred)[:max_images]
     if images.ndim == 2:
-        side = int(round(np.sqrt(images.shape[1])))
+        side = round(float(np.sqrt(images.shape[1])))
         images = images.reshape(-1, side, side)
     elif images.ndim == 4:  # NCHW with one channel
         images = images[:, 0]

@@ -59,7 +59,7 @@ class Backend:
                 return getattr(self.xp, dtype)
             except AttributeError:
                 raise TypeError(f"Unknown dtype {dtype!r} for backend {self.name}") from None
-        if isinstance(dtype, type) and issubclass(dtype, np.generic) or isinstance(dtype, np.dtype):
+        if (isinstance(dtype, type) and issubclass(dtype, np.generic)) or isinstance(dtype, np.dtype):
             return getattr(self.xp, np.dtype(dtype).name)
         return dtype
 

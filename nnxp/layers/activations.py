@@ -20,13 +20,14 @@ class _Activation(Layer):
 
 
 class ReLU(_Activation):
-    """``max(x, 0)``."""
+    """``max(x, 0)``; NaN stays NaN (as in PyTorch), so ``fit``'s finite check sees it."""
 
     activation_family = "relu"
 
     def _forward(self, x: Array) -> Array:
         self._mask = x > 0
-        return self.xp.where(self._mask, x, self.xp.zeros((), dtype=x.dtype, device=x.device))
+        # maximum, not where(x > 0, x, 0): that would turn NaN into 0 and hide it
+        return self.xp.maximum(x, self.xp.zeros((), dtype=x.dtype, device=x.device))
 
     def backward(self, grad_y: Array) -> Array:
         return self.xp.where(self._mask, grad_y, self.xp.zeros((), dtype=grad_y.dtype, device=grad_y.device))

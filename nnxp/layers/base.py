@@ -117,7 +117,9 @@ class Layer:
         """
         raise NotImplementedError
 
-    __call__ = forward
+    def __call__(self, x: Array, training: bool = True) -> Array:
+        # not ``__call__ = forward``: that would bind this abstract method, not the subclass's
+        return self.forward(x, training)
 
     def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """Per-sample output shape for a per-sample input shape (``None`` = unknown).

@@ -1,0 +1,124 @@
+"""The examples, end to end: imported from ``examples/`` and run through their
+``main(argv)`` functions, the way a user runs them from the command line.
+
+XOR and Celsius run on every backend of the ``backend`` fixture; the MNIST
+example trains briefly on a Fashion-MNIST subset (skipped when the system copy
+``/usr/share/datasets/fashion-mnist`` is absent) and, with MNIST's mirrors
+pointed at a dead local address, has to fall back to Fashion-MNIST and say so.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+import nnxp
+from nnxp import datasets
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+needs_fashion = pytest.mark.skipif(
+    not all((FASHION_DIR / f"{base}.gz").is_file() or (FASHION_DIR / base).is_file()
+            for base in datasets.FILES.values()),
+    reason=f"no Fashion-MNIST system copy in {FASHION_DIR} (apt-get install dataset-fashion-mnist)",
+)
+
+
+@pytest.fixture
+def example(monkeypatch: pytest.MonkeyPatch):
+    """``example("xor")`` imports ``examples/xor.py`` (examples/ on ``sys.path``, as when run as a script)."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+    def load(name: str) -> ModuleType:
+        return importlib.import_module(name)
+
+    return load
+
+
+@pytest.fixture
+def offline_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Data set search isolated from the user's setup: empty ``$NNXP_DATA_DIR`` and cache
+    in ``tmp_path``, MNIST mirrors at a dead local address, no MNIST system copy, the
+    Fashion-MNIST system copy only."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("NNXP_DATA_DIR", str(data))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setitem(datasets.MIRRORS, "mnist", ["http://127.0.0.1:9/"])
+    monkeypatch.setitem(datasets.MIRRORS, "fashion-mnist", ["http://127.0.0.1:9/"])
+    monkeypatch.setitem(datasets.SYSTEM_DIRS, "mnist", [])
+    monkeypatch.setitem(datasets.SYSTEM_DIRS, "fashion-mnist", [str(FASHION_DIR)])
+    return data
+
+
+# ----------------------------------------------------------------- XOR, Celsius
+def test_xor(example, backend: nnxp.Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    pred = example("xor").main(["--backend", backend.name])
+    np.testing.assert_array_less(np.abs(pred[:, 0] - np.array([0.0, 1.0, 1.0, 0.0])), 0.1)
+    out = capsys.readouterr().out
+    assert f"XOR on {backend.name}" in out
+    assert "0 xor 1 ->" in out and "1 xor 1 ->" in out
+
+
+def test_celsius(example, backend: nnxp.Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    worst = example("celsius").main(["--backend", backend.name, "--out", str(tmp_path)])
+    assert worst < 0.5, f"worst error {worst:.3f} °F"
+    png = tmp_path / "celsius.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert "worst error on [-50, 50] °C" in capsys.readouterr().out
+
+
+# -------------------------------------------------------------------- the MLP
+@needs_fashion
+def test_mnist_mlp_fashion_subset(example, offline_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    mod = example("mnist_mlp")
+    built: list[nnxp.Sequential] = []
+    build = mod.build
+    monkeypatch.setattr(mod, "build", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    out_dir = tmp_path / "out"
+    subset = 2000
+    test = mod.main(["--dataset", "fashion-mnist", "--subset", str(subset), "--epochs", "1", "--val", "200",
+                     "--verbose", "0", "--no-download", "--backend", "numpy", "--out", str(out_dir)])
+
+    out = capsys.readouterr().out
+    assert f"Dataset: Fashion-MNIST ({subset} train" in out
+    assert test["accuracy"] > 0.5, test  # 10 classes: chance is 0.1
+    for name in ("mnist_mlp_curves.png", "mnist_mlp_misclassified.png"):
+        assert (out_dir / name).read_bytes()[:8] == PNG_MAGIC, name
+
+    # the checkpoint rebuilds the trained model: same predictions, same test metrics
+    (_, _), (xt, yt) = datasets.load_fashion_mnist(download=False)
+    xt, yt = datasets.prepare(xt[: subset // 6], yt[: subset // 6])
+    loaded = nnxp.load(str(out_dir / "mnist_mlp.npz"), backend="numpy")
+    assert loaded.epoch == 1
+    np.testing.assert_array_equal(nnxp.to_numpy(loaded.predict(xt)), nnxp.to_numpy(built[0].predict(xt)))
+    again = loaded.evaluate(xt, yt, loss=nnxp.losses.SoftmaxCrossEntropy())
+    assert again["accuracy"] == test["accuracy"]
+    assert again["loss"] == pytest.approx(test["loss"], rel=1e-6)
+
+
+@needs_fashion
+def test_mnist_mlp_falls_back_to_fashion(example, offline_data: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    test = example("mnist_mlp").main(["--dataset", "mnist", "--subset", "600", "--epochs", "1", "--val", "100",
+                                      "--verbose", "0", "--backend", "numpy", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert "MNIST cannot be had here" in captured.err
+    assert "127.0.0.1:9" in captured.err  # says why: the download that failed
+    assert "Training on Fashion-MNIST instead" in captured.err
+    assert "Dataset: Fashion-MNIST" in captured.out
+    assert "Fashion-MNIST test accuracy" in captured.out
+    assert 0.0 <= test["accuracy"] <= 1.0
+    assert not (tmp_path / "cache" / "nnxp" / "mnist").exists() or not any(
+        (tmp_path / "cache" / "nnxp" / "mnist").iterdir()
+    ), "a failed download left files in the cache"
