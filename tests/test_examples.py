@@ -76,6 +76,7 @@ def test_celsius(example, backend: nnxp.Backend, tmp_path: Path, capsys: pytest.
 
 
 # -------------------------------------------------------------------- the MLP
+@pytest.mark.slow
 @needs_fashion
 def test_mnist_mlp_fashion_subset(example, offline_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,8 +87,10 @@ def test_mnist_mlp_fashion_subset(example, offline_data: Path, tmp_path: Path, m
     monkeypatch.setattr(mod, "build", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
     out_dir = tmp_path / "out"
     subset = 2000
-    test = mod.main(["--dataset", "fashion-mnist", "--subset", str(subset), "--epochs", "1", "--val", "200",
-                     "--verbose", "0", "--no-download", "--backend", "numpy", "--out", str(out_dir)])
+    # 1 epoch (28 steps of 64) is too few for lr 0.1: test accuracy then swings between ~0.4 and ~0.65
+    # with the seed, in PyTorch too; 3 epochs of 32 (171 steps) give 0.68-0.79 over seeds 0-5.
+    test = mod.main(["--dataset", "fashion-mnist", "--subset", str(subset), "--epochs", "3", "--batch-size", "32",
+                     "--val", "200", "--verbose", "0", "--no-download", "--backend", "numpy", "--out", str(out_dir)])
 
     out = capsys.readouterr().out
     assert f"Dataset: Fashion-MNIST ({subset} train" in out
@@ -99,7 +102,7 @@ def test_mnist_mlp_fashion_subset(example, offline_data: Path, tmp_path: Path, m
     (_, _), (xt, yt) = datasets.load_fashion_mnist(download=False)
     xt, yt = datasets.prepare(xt[: subset // 6], yt[: subset // 6])
     loaded = nnxp.load(str(out_dir / "mnist_mlp.npz"), backend="numpy")
-    assert loaded.epoch == 1
+    assert loaded.epoch == 3
     np.testing.assert_array_equal(nnxp.to_numpy(loaded.predict(xt)), nnxp.to_numpy(built[0].predict(xt)))
     again = loaded.evaluate(xt, yt, loss=nnxp.losses.SoftmaxCrossEntropy())
     assert again["accuracy"] == test["accuracy"]

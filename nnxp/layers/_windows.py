@@ -89,6 +89,20 @@ def pad_last2(xp: Any, x: Array, padding: Pair, fill: float = 0.0, device: Any =
     return buf
 
 
+def dtype_name(dtype: Any) -> str:
+    """``"float32"`` for a dtype of any namespace (``array_api_strict.float32`` prints with a prefix)."""
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def dtype_error(layer: Any, x: Array) -> TypeError:
+    """The error for an input whose dtype differs from the layer's parameters."""
+    want, got = dtype_name(layer.dtype), dtype_name(x.dtype)
+    return TypeError(
+        f"{layer!r} has {want} parameters but got a {got} input. Cast it first, "
+        f"e.g. xp.astype(x, xp.{want}), or build the model with dtype='{want}'."
+    )
+
+
 def check_images(layer: Any, x: Array, channels: int | None = None) -> None:
     """Raise a clear error unless ``x`` is a floating NCHW batch on the layer's backend.
 
@@ -120,7 +134,7 @@ def check_images(layer: Any, x: Array, channels: int | None = None) -> None:
         )
     if not layer.xp.isdtype(x.dtype, "real floating"):
         raise TypeError(
-            f"{layer!r} needs a floating-point input, got {x.dtype}. Cast it first, e.g. "
+            f"{layer!r} needs a floating-point input, got {dtype_name(x.dtype)}. Cast it first, e.g. "
             f"nnxp.datasets.scale(x) for uint8 images or xp.astype(x, xp.float32)."
         )
 

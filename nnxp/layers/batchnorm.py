@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ._windows import dtype_error
 from .base import Array, Layer
 
 
@@ -67,10 +68,7 @@ class BatchNorm(Layer):
                 hint = f"Use num_features={shape[1]} (the size of axis 1) or fix the previous layer."
             raise ValueError(f"{self!r} expects input of shape {want}, got {shape}. {hint}")
         if x.dtype != self.dtype:
-            raise TypeError(
-                f"{self!r} has {self.dtype} parameters but got a {x.dtype} input. Cast it first, "
-                f"e.g. xp.astype(x, xp.{self.dtype}), or build the model with dtype='{self.dtype}'."
-            )
+            raise dtype_error(self, x)
 
     def forward(self, x: Array, training: bool = True) -> Array:
         if self.backend is None:

@@ -100,10 +100,7 @@ class Conv2D(Layer):
     def _check(self, x: Array) -> tuple[int, int]:
         win.check_images(self, x, self.in_channels)
         if x.dtype != self.dtype:
-            raise TypeError(
-                f"{self!r} has {self.dtype} parameters but got a {x.dtype} input. Cast it first, "
-                f"e.g. xp.astype(x, xp.{self.dtype}), or build the model with dtype='{self.dtype}'."
-            )
+            raise win.dtype_error(self, x)
         return win.spatial_out(self, tuple(x.shape[2:]), self.kernel_size, self.stride, self.padding,
                                self.dilation, f"input of shape {tuple(x.shape)}")
 
@@ -122,7 +119,7 @@ class Conv2D(Layer):
             return _unfold_numpy(xpt[:, n0:n1], self.kernel_size, self.stride, self.dilation, (oh, ow))
         part = xpt[:, n0:n1, :, :]
         if kh * kw == 1 and self.stride == (1, 1):
-            cols = part  # 1x1 convolution: the (unpadded) input is its own column matrix
+            cols = part  # 1x1 kernel, stride 1: the (padded) input is its own column matrix
         else:
             sl = win.offset_slices(self.kernel_size, self.stride, self.dilation, (oh, ow))
             cols = xp.stack([part[:, :, si, sj] for si, sj in sl], axis=0)
@@ -142,12 +139,16 @@ class Conv2D(Layer):
             gpad[:, :, si, sj] += d5[k, ...]
         return gpad
 
-    def _weight_matrix(self) -> Array:
-        """The weight as ``(out, kh*kw*C)`` with columns ordered like the unfolded rows."""
+    def _weight_matrix(self, transposed: bool = False) -> Array:
+        """The weight as ``(out, kh*kw*C)`` with columns ordered like the unfolded rows, or its
+        transpose. Built by reshaping a permuted view, so it is a fresh C-ordered matrix either way:
+        BLAS (OpenBLAS in particular) can be far slower on a transposed view of a small operand."""
         xp = self.xp
         w = self.params["weight"]
-        kh, kw = self.kernel_size
-        return xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (self.out_channels, kh * kw * self.in_channels))
+        k = self.kernel_size[0] * self.kernel_size[1] * self.in_channels
+        if transposed:
+            return xp.reshape(xp.permute_dims(w, (2, 3, 1, 0)), (k, self.out_channels))
+        return xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (self.out_channels, k))
 
     def forward(self, x: Array, training: bool = True) -> Array:
         if self.backend is None:
@@ -170,7 +171,7 @@ class Conv2D(Layer):
             if bias is not None:
                 y2 += bias
             y[n0:n1, ...] = xp.permute_dims(xp.reshape(y2, (o, n1 - n0, oh, ow)), (1, 0, 2, 3))
-        self._cache = {"xpt": xpt, "in_hw": (h, w), "out_hw": (oh, ow), "nb": nb, "w2": w2,
+        self._cache = {"xpt": xpt, "in_hw": (h, w), "out_hw": (oh, ow), "nb": nb,
                        "cols": cols if training and nb >= n else None}
         return y
 
@@ -179,7 +180,7 @@ class Conv2D(Layer):
             raise RuntimeError(f"{self!r}.backward() called before forward()")
         xp = self.xp
         c = self._cache
-        xpt, (h, w), (oh, ow), nb, w2 = c["xpt"], c["in_hw"], c["out_hw"], c["nb"], c["w2"]
+        xpt, (h, w), (oh, ow), nb = c["xpt"], c["in_hw"], c["out_hw"], c["nb"]
         n = xpt.shape[1]
         hp, wp = xpt.shape[2], xpt.shape[3]
         ph, pw = self.padding
@@ -190,6 +191,7 @@ class Conv2D(Layer):
         gt = xp.permute_dims(grad_y, (1, 0, 2, 3))
         dw2t = None
         need_gx = self.need_input_grad
+        w2t = self._weight_matrix(transposed=True) if need_gx else None
         gx = (xp.empty((n, self.in_channels, h, w), dtype=grad_y.dtype, device=self.backend.device)
               if need_gx else None)
         for n0 in range(0, n, nb):
@@ -202,7 +204,7 @@ class Conv2D(Layer):
             dw2t = part if dw2t is None else dw2t + part
             if not need_gx:
                 continue
-            gpad = self._fold(w2.mT @ g2, n1 - n0, hp, wp, oh, ow)
+            gpad = self._fold(w2t @ g2, n1 - n0, hp, wp, oh, ow)
             gx[n0:n1, ...] = xp.permute_dims(gpad[:, :, ph:ph + h, pw:pw + w], (1, 0, 2, 3))
         kh, kw = self.kernel_size
         self.grads["weight"] = xp.permute_dims(

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ._windows import dtype_name
 from .base import Array, Layer
 
 
@@ -50,7 +51,7 @@ class Dropout(Layer):
             return x
         xp = self.xp
         if not xp.isdtype(x.dtype, "real floating"):
-            raise TypeError(f"{self!r} needs a floating-point input, got {x.dtype}. "
+            raise TypeError(f"{self!r} needs a floating-point input, got {dtype_name(x.dtype)}. "
                             "Cast it first, e.g. xp.astype(x, xp.float32).")
         if self._gen is None:
             self._gen = self.backend.random_generator(self.seed)

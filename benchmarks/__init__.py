@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.bench --help`` (or ``python benchmarks/bench.py``)."""
