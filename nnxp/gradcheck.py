@@ -65,7 +65,9 @@ def gradcheck(obj: Any, x: Any, y_true: Any = None, *, eps: float = 1e-6, atol: 
         eps: finite-difference step.
         atol: absolute tolerance.
         rtol: relative tolerance.
-        training: passed to the layer's ``forward``.
+        training: passed to the layer's ``forward``. Per-step randomness is
+            reseeded (``layer.init_state``) before every forward, so dropout
+            masks are fixed, and buffers (running statistics) are restored.
         seed: seed of the random projection ``r``.
 
     Returns:
@@ -100,13 +102,19 @@ def gradcheck(obj: Any, x: Any, y_true: Any = None, *, eps: float = 1e-6, atol: 
     layer = obj
     if not layer.built:
         layer.build(backend, "float64", seed)
-    y = layer.forward(x, training=training)
+    buffers = dict(layer.buffers)  # training-mode forwards update running statistics: restore them after
+
+    def run(xv: Any) -> Any:
+        # reseed per-step randomness (dropout masks) so every forward sees the same function
+        layer.init_state(np.random.default_rng(seed))
+        return layer.forward(xv, training=training)
+
+    y = run(x)
     r_host = np.random.default_rng(seed).standard_normal(tuple(y.shape))
     r = backend.from_host(r_host)
 
     def f() -> float:
-        out = to_numpy(layer.forward(state["x"], training=training))
-        return float(np.sum(out * r_host))
+        return float(np.sum(to_numpy(run(state["x"])) * r_host))
 
     grad_x = layer.backward(r)
     analytic = {k: to_numpy(v).copy() for k, v in layer.grads.items()}
@@ -120,4 +128,5 @@ def gradcheck(obj: Any, x: Any, y_true: Any = None, *, eps: float = 1e-6, atol: 
 
         errors[name] = _compare(name, analytic[name], _numeric(f, host, set_p, eps), atol, rtol)
         layer.params[name] = p
+    layer.buffers.update(buffers)
     return errors

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .backends import BackendMismatchError, backend_of
+from .backends.numpy import workspace_of
 
 Array = Any
 
@@ -167,14 +170,30 @@ class SoftmaxCrossEntropy(Loss):
         check_labels: verify integer labels lie in ``[0, classes)`` (one
             device reduction per call; ``fit`` validates once up front and
             turns this off for its steps).
+
+    Attributes:
+        use_fast_path: NumPy arrays with integer labels take a NumPy-specific
+            path (row indexing instead of ``take_along_axis`` and a one-hot
+            matrix; while ``reuse_buffers`` is on, the softmax lives in a buffer
+            reused from step to step and :meth:`backward`, which may then be
+            called once per :meth:`forward`, turns it into the gradient in
+            place). The numbers are the same as the portable path's. ``False``
+            keeps the portable path everywhere.
+        reuse_buffers: set by ``Sequential.fit`` during training.
     """
 
     classification = True
+    use_fast_path = True
+    reuse_buffers = False
 
     def __init__(self, check_labels: bool = True) -> None:
         self.check_labels = check_labels
 
     def forward(self, y_pred: Array, y_true: Array) -> Array:
+        if (self.use_fast_path and type(y_pred) is np.ndarray and type(y_true) is np.ndarray
+                and y_pred.ndim == 2 and y_true.ndim == 1 and y_true.dtype.kind in "iu"
+                and y_pred.dtype.kind == "f"):
+            return self._forward_numpy(y_pred, y_true)
         self._same_place(y_pred, y_true)
         xp = self._namespace(y_pred)
         self._check_float(y_pred, xp)
@@ -205,17 +224,62 @@ class SoftmaxCrossEntropy(Loss):
         self._labels, self._onehot, self._n = None, t, n
         return xp.sum(t * (logsumexp - shifted)) / n
 
+    def _forward_numpy(self, y_pred: np.ndarray, y_true: np.ndarray) -> Any:
+        """NumPy fast path of :meth:`forward` for integer labels (same arithmetic)."""
+        n, k = y_pred.shape
+        if y_true.shape[0] != n:
+            raise _shape_error("SoftmaxCrossEntropy", y_pred, y_true, "Give one label per row of logits.")
+        if self.check_labels:
+            check_label_range(y_true, k, np)
+        self._xp, self._type = np, np.ndarray
+        mx = np.max(y_pred, axis=1, keepdims=True)
+        if self.reuse_buffers:
+            ws = workspace_of(self)
+            shifted = np.subtract(y_pred, mx, out=ws.get("shifted", y_pred.shape, y_pred.dtype))
+            e = np.exp(shifted, out=ws.get("prob", y_pred.shape, y_pred.dtype))
+        else:
+            shifted = y_pred - mx
+            e = np.exp(shifted)
+        s = np.sum(e, axis=1, keepdims=True)
+        self._prob = np.divide(e, s, out=e)
+        rows = self._rows(n)
+        self._labels, self._onehot, self._n = y_true, None, n
+        return np.mean(np.log(s[:, 0]) - shifted[rows, y_true])
+
+    _row_cache: dict[int, np.ndarray] | None = None
+
+    def _rows(self, n: int) -> np.ndarray:
+        """``arange(n)``, kept for the batch sizes seen (usually two: full and last)."""
+        cache = self._row_cache
+        if cache is None:
+            cache = self._row_cache = {}
+        rows = cache.get(n)
+        if rows is None:
+            if len(cache) > 8:
+                cache.clear()
+            rows = cache[n] = np.arange(n)
+        return rows
+
     def backward(self) -> Array:
         xp = self._xp
         if self._onehot is not None:
             return (self._prob * xp.sum(self._onehot, axis=1, keepdims=True) - self._onehot) / self._n
         g = self._prob
+        if self.use_fast_path and type(g) is np.ndarray and type(self._labels) is np.ndarray:
+            # (softmax - onehot) / n without the one-hot matrix; in place under reuse_buffers
+            if not self.reuse_buffers:
+                g = g.copy()
+            g[self._rows(self._n), self._labels] -= 1
+            return np.divide(g, self._n, out=g)
         n, k = g.shape
         onehot = xp.astype(xp.reshape(self._labels, (n, 1)) == xp.arange(k, dtype=self._labels.dtype,
                                                                         device=self._labels.device), g.dtype)
         return (g - onehot) / n
 
     def correct(self, y_pred: Array, y_true: Array) -> Array:
+        if (self.use_fast_path and type(y_pred) is np.ndarray and type(y_true) is np.ndarray
+                and y_pred.ndim == 2 and y_true.ndim == 1):
+            return y_pred.dtype.type(np.count_nonzero(np.argmax(y_pred, axis=1) == y_true))
         xp = self._namespace(y_pred)
         pred = xp.argmax(y_pred, axis=1)
         target = y_true if y_true.ndim == 1 else xp.argmax(y_true, axis=1)

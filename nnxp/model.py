@@ -267,6 +267,12 @@ class Sequential:
             first.need_input_grad = False
         if saved_flags[1] is not None:
             loss.check_labels = False  # validated once above
+        # Layers and losses with a ``reuse_buffers`` switch may write a training step's outputs into
+        # arrays reused by the next step (NumPy fast paths): nothing here keeps them across steps.
+        reusers = [o for o in (*self.layers, loss) if hasattr(type(o), "reuse_buffers")]
+        saved_reuse = [o.reuse_buffers for o in reusers]
+        for o in reusers:
+            o.reuse_buffers = True
         try:
             for _ in range(epochs):
                 epoch = self.epoch + 1
@@ -295,6 +301,8 @@ class Sequential:
                 first.need_input_grad = saved_flags[0]
             if saved_flags[1] is not None:
                 loss.check_labels = saved_flags[1]
+            for o, flag in zip(reusers, saved_reuse):
+                o.reuse_buffers = flag
         return self.history
 
     def _run_epoch(self, xs: Array, ys: Array, loss: Loss, optimizer: Optimizer, slots: list[Slot],
@@ -305,6 +313,9 @@ class Sequential:
         zero = xp.zeros((), dtype=self.backend.dtype(self.dtype), device=self.backend.device)
         total, correct = zero, zero
         ok = xp.ones((), dtype=xp.bool, device=self.backend.device) if mode == "device" else None
+        # on CPU backends reading a scalar costs nothing: sum loss and hits as host floats, no 0-d arrays
+        host = mode != "device" and self.backend.sync_free
+        total_h = correct_h = 0.0
         first_bad = xp.full((), -1, dtype=xp.int64, device=self.backend.device) if mode == "device" else None
         tqdm = _tqdm() if verbose == 1 else None
         bar = tqdm(total=n, desc=f"epoch {epoch}", unit="sample", leave=True, dynamic_ncols=True) if tqdm else None
@@ -318,9 +329,9 @@ class Sequential:
             for layer in layers:
                 out = layer.forward(out, True)
             lv = loss.forward(out, yb)
-            if mode == "step":
+            if host or mode == "step":
                 value = float(lv)
-                if not math.isfinite(value):
+                if mode == "step" and not math.isfinite(value):
                     raise NonFiniteLossError(epoch, b, value)
             elif mode == "device":
                 fin = xp.isfinite(lv)
@@ -332,9 +343,14 @@ class Sequential:
             for layer in reversed(layers):
                 grad = layer.backward(grad)
             optimizer.step(slots, ok)
-            total = total + lv * m
-            if classification:
-                correct = correct + loss.correct(out, yb)
+            if host:
+                total_h += value * m
+                if classification:
+                    correct_h += float(loss.correct(out, yb))
+            else:
+                total = total + lv * m
+                if classification:
+                    correct = correct + loss.correct(out, yb)
             seen += m
             if (b + 1) % refresh == 0 or b == nb - 1:  # the only host reads of an epoch
                 if ok is not None and not bool(ok):
@@ -343,15 +359,15 @@ class Sequential:
                     raise NonFiniteLossError(epoch, bad, float("nan"))
                 if bar is not None:
                     bar.update(seen - bar.n)
-                    post = {"loss": f"{float(total) / seen:.4f}"}
+                    post = {"loss": f"{(total_h if host else float(total)) / seen:.4f}"}
                     if classification:
-                        post["acc"] = f"{float(correct) / seen:.4f}"
+                        post["acc"] = f"{(correct_h if host else float(correct)) / seen:.4f}"
                     bar.set_postfix(post, refresh=False)
         if bar is not None:
             bar.close()
-        logs = {"loss": float(total) / n}
+        logs = {"loss": (total_h if host else float(total)) / n}
         if classification:
-            logs["accuracy"] = float(correct) / n
+            logs["accuracy"] = (correct_h if host else float(correct)) / n
         return logs
 
     # ----------------------------------------------------------- inference

@@ -148,6 +148,8 @@ class Layer:
             ``self``.
         """
         target = resolve_backend(backend)
+        if not self.built:  # nothing to move: build here (float32, seed 0) rather than fake a built state
+            return self.build(target)
         for store in (self.params, self.grads, self.buffers):
             for k, v in store.items():
                 store[k] = target.asarray(v)

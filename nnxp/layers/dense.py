@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.numpy import workspace_of
 from ..init import Initializer, get_initializer
 from .base import Array, Layer
 
@@ -20,7 +21,19 @@ class Dense(Layer):
         init: weight initialiser name (``"he"``, ``"glorot"``, ...) or callable;
             ``None`` lets :class:`~nnxp.Sequential` pick He before ReLU-family
             activations and Glorot before tanh/sigmoid (He when standalone).
+
+    Attributes:
+        use_fast_path: on the NumPy backend, let training steps write the
+            output, the input gradient and the parameter gradients with
+            ``out=`` into arrays reused from step to step (only while
+            ``reuse_buffers`` is on, which ``Sequential.fit`` does for its
+            steps). ``False`` keeps the portable path everywhere.
+        reuse_buffers: set by ``Sequential.fit`` during training: outputs of a
+            training step may be overwritten by the next one.
     """
+
+    use_fast_path = True
+    reuse_buffers = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  init: str | Initializer | None = None) -> None:
@@ -56,13 +69,21 @@ class Dense(Layer):
                 f"nnxp.datasets.scale(x) for uint8 images or xp.astype(x, xp.{str(self.dtype).rsplit('.', 1)[-1]})."
             )
         self._x = x
-        y = x @ self.params["weight"]
+        w = self.params["weight"]
+        if (self.reuse_buffers and training and self.use_fast_path and type(x) is np.ndarray
+                and type(w) is np.ndarray and x.ndim == 2):  # NumPy fast path: no allocation
+            y = np.matmul(x, w, out=workspace_of(self).get("y", (x.shape[0], self.out_features), w.dtype))
+        else:
+            y = x @ w
         if self.use_bias:
             y += self.params["bias"]
         return y
 
     def backward(self, grad_y: Array) -> Array:
         x = self._x
+        if (self.reuse_buffers and self.use_fast_path and type(grad_y) is np.ndarray and type(x) is np.ndarray
+                and x.ndim == 2):
+            return self._backward_numpy(x, grad_y)
         if x.ndim == 2:
             self.grads["weight"] = self.xp.matmul(x.mT, grad_y)
             if self.use_bias:
@@ -76,6 +97,28 @@ class Dense(Layer):
         if not self.need_input_grad:
             return None
         return grad_y @ self.params["weight"].mT
+
+    def _backward_numpy(self, x: np.ndarray, grad_y: np.ndarray) -> np.ndarray | None:
+        """NumPy fast path of :meth:`backward`: the same products, written into
+        the existing gradient arrays and a reused input-gradient buffer."""
+        w, grads = self.params["weight"], self.grads
+        gw = grads.get("weight")
+        if type(gw) is not np.ndarray or gw.shape != w.shape or gw.dtype != w.dtype:
+            gw = grads["weight"] = np.empty_like(w)
+        np.matmul(x.T, grad_y, out=gw)
+        if self.use_bias:
+            b = self.params["bias"]
+            gb = grads.get("bias")
+            if type(gb) is not np.ndarray or gb.shape != b.shape or gb.dtype != b.dtype:
+                gb = grads["bias"] = np.empty_like(b)
+            np.sum(grad_y, axis=0, out=gb)
+        if not self.need_input_grad:
+            return None
+        return np.matmul(grad_y, w.T, out=workspace_of(self).get("gx", x.shape, grad_y.dtype))
+
+    def moved(self, backend: Any) -> None:
+        super().moved(backend)
+        workspace_of(self).clear()
 
     def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         if not input_shape or input_shape[-1] not in (None, self.in_features):
