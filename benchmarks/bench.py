@@ -409,7 +409,7 @@ def make_contenders(case: Case, args: argparse.Namespace, x: Any, y: Any) -> tup
             continue
         try:
             out.append(TorchContender(spec, case, x, y, device, args.seed, mode))
-        except Exception as exc:  # noqa: BLE001 - report, do not crash the whole benchmark
+        except Exception as exc:
             skipped.append(Result(case.name, label, skipped=f"{type(exc).__name__}: {exc}"))
     return out, skipped
 
@@ -440,7 +440,7 @@ def run_case(case: Case, args: argparse.Namespace, n: int, hostmem: HostMemory) 
             c.fit_epoch(xd[:nw], yd[:nw])
             c.sync()
             log(f"[{case.name}] warm-up {c.name}: {time.perf_counter() - t0:.2f} s ({nw} samples)")
-        except Exception as exc:  # noqa: BLE001 - e.g. torch.compile without a compiler
+        except Exception as exc:
             msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             log(f"[{case.name}] {c.name} failed in warm-up, dropped: {msg}")
             contenders.remove(c)
@@ -564,7 +564,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
         env["torch"] = torch.__version__
         env["torch_threads"] = torch.get_num_threads()
-    except Exception:  # noqa: BLE001
+    except Exception:
         env["torch"] = None
     if args.backend.startswith("cupy"):
         try:
@@ -573,7 +573,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
             env["cupy"] = cupy.__version__
             dev = cupy.cuda.Device(int(args.backend.partition(":")[2] or 0))
             env["gpu"] = cupy.cuda.runtime.getDeviceProperties(dev.id)["name"].decode()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             env["cupy"] = f"unavailable: {exc}"
     return env
 
@@ -652,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         backend = nnxp.backends.resolve_backend(args.backend)
-    except Exception as exc:  # noqa: BLE001 - BackendUnavailableError says why
+    except Exception as exc:
         log(f"backend {args.backend!r} unavailable: {exc}")
         return 2
     args.backend = backend.name
@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     gpu = backend.kind == "cupy"
     hostmem = HostMemory()

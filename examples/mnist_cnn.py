@@ -28,14 +28,18 @@ from nnxp.plots import plot_misclassified
 EPOCHS_DEFAULT = 8
 
 
-def build(backend: str | None, seed: int) -> nnxp.Sequential:
+def build(backend: str | None, seed: int, channels: tuple[int, int] = (32, 64), hidden: int = 128,
+          image_size: int = 28, dtype: str = "float32") -> nnxp.Sequential:
+    """The CNN; ``channels``, ``hidden`` and ``image_size`` shrink it for tests."""
+    c1, c2 = channels
+    side = image_size // 4  # two 2x2 poolings
     return nnxp.Sequential([
-        layers.Conv2D(1, 32, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
-        layers.Conv2D(32, 64, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
+        layers.Conv2D(1, c1, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
+        layers.Conv2D(c1, c2, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
         layers.Flatten(), layers.Dropout(0.25),
-        layers.Dense(64 * 7 * 7, 128), layers.ReLU(), layers.Dropout(0.5),
-        layers.Dense(128, 10),
-    ], backend=backend, dtype="float32", seed=seed)
+        layers.Dense(c2 * side * side, hidden), layers.ReLU(), layers.Dropout(0.5),
+        layers.Dense(hidden, 10),
+    ], backend=backend, dtype=dtype, seed=seed)
 
 
 def nchw(images, labels, backend: nnxp.Backend) -> tuple:

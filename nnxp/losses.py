@@ -198,7 +198,9 @@ class SoftmaxCrossEntropy(Loss):
         xp = self._namespace(y_pred)
         self._check_float(y_pred, xp)
         if y_pred.ndim != 2:
-            raise ValueError(f"SoftmaxCrossEntropy expects logits of shape (batch, classes), got {tuple(y_pred.shape)}.")
+            raise ValueError(
+                f"SoftmaxCrossEntropy expects logits of shape (batch, classes), got {tuple(y_pred.shape)}."
+            )
         n, k = y_pred.shape
         shifted = y_pred - xp.max(y_pred, axis=1, keepdims=True)
         e = xp.exp(shifted)
@@ -232,7 +234,8 @@ class SoftmaxCrossEntropy(Loss):
         if self.check_labels:
             check_label_range(y_true, k, np)
         self._xp, self._type = np, np.ndarray
-        mx = np.max(y_pred, axis=1, keepdims=True)
+        # ufunc reductions: what np.max/np.sum/np.mean run, without their Python wrappers
+        mx = np.maximum.reduce(y_pred, axis=1, keepdims=True)
         if self.reuse_buffers:
             ws = workspace_of(self)
             shifted = np.subtract(y_pred, mx, out=ws.get("shifted", y_pred.shape, y_pred.dtype))
@@ -240,11 +243,11 @@ class SoftmaxCrossEntropy(Loss):
         else:
             shifted = y_pred - mx
             e = np.exp(shifted)
-        s = np.sum(e, axis=1, keepdims=True)
+        s = np.add.reduce(e, axis=1, keepdims=True)
         self._prob = np.divide(e, s, out=e)
         rows = self._rows(n)
         self._labels, self._onehot, self._n = y_true, None, n
-        return np.mean(np.log(s[:, 0]) - shifted[rows, y_true])
+        return np.add.reduce(np.log(s[:, 0]) - shifted[rows, y_true]) / n  # = mean, as np.mean computes it
 
     _row_cache: dict[int, np.ndarray] | None = None
 
@@ -279,7 +282,7 @@ class SoftmaxCrossEntropy(Loss):
     def correct(self, y_pred: Array, y_true: Array) -> Array:
         if (self.use_fast_path and type(y_pred) is np.ndarray and type(y_true) is np.ndarray
                 and y_pred.ndim == 2 and y_true.ndim == 1):
-            return y_pred.dtype.type(np.count_nonzero(np.argmax(y_pred, axis=1) == y_true))
+            return y_pred.dtype.type(np.count_nonzero(y_pred.argmax(axis=1) == y_true))
         xp = self._namespace(y_pred)
         pred = xp.argmax(y_pred, axis=1)
         target = y_true if y_true.ndim == 1 else xp.argmax(y_true, axis=1)

@@ -123,7 +123,7 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             shape = layer.output_shape(shape) if shape is not None else None
             n = sum(math.prod(p.shape) for p in layer.params.values())
-            rows.append(f"{i:>3}  {layer!r:<44} {str(shape or '?'):<18} {n:>10,}")
+            rows.append(f"{i:>3}  {layer!r:<44} {shape or '?'!s:<18} {n:>10,}")
         head = f"Sequential on {self.backend.name}, {self.dtype}, seed {self.seed}"
         return "\n".join([head, *rows, f"     total parameters: {self.num_params():,}"])
 
@@ -317,6 +317,8 @@ class Sequential:
         host = mode != "device" and self.backend.sync_free
         total_h = correct_h = 0.0
         first_bad = xp.full((), -1, dtype=xp.int64, device=self.backend.device) if mode == "device" else None
+        # batch numbers on the device, made once: indexing gives a 0-d view, not a host-to-device copy per step
+        batch_ids = xp.arange(nb, dtype=xp.int64, device=self.backend.device) if mode == "device" else None
         tqdm = _tqdm() if verbose == 1 else None
         bar = tqdm(total=n, desc=f"epoch {epoch}", unit="sample", leave=True, dynamic_ncols=True) if tqdm else None
         refresh = max(1, nb // 20)
@@ -335,8 +337,7 @@ class Sequential:
                     raise NonFiniteLossError(epoch, b, value)
             elif mode == "device":
                 fin = xp.isfinite(lv)
-                first_bad = xp.where(ok & ~fin, xp.asarray(b, dtype=xp.int64, device=self.backend.device),
-                                     first_bad)
+                first_bad = xp.where(ok & ~fin, batch_ids[b], first_bad)
                 ok = ok & fin
                 lv = xp.where(ok, lv, zero)
             grad = loss.backward()

@@ -190,20 +190,36 @@ def test_mixed_backends_raise(backend: nnxp.Backend) -> None:
 
 
 # ------------------------------------------------------------ conv specifics
-def test_numpy_fast_path_matches_generic() -> None:
-    rng = np.random.default_rng(0)
-    for kwargs in [*CONV_CASES.values(), dict(kernel_size=(3, 2), stride=(2, 3), padding=(2, 1), dilation=2)]:
-        conv = layers.Conv2D(3, 4, **kwargs).build("numpy", "float64", 2)
-        _randomize(conv)
-        x = rng.standard_normal((5, 3, 9, 8))
-        out = {}
-        for fast in (True, False):
-            conv.use_fast_path = fast
-            y = conv.forward(x)
-            gx = conv.backward(np.ones_like(y) + x.mean())
-            out[fast] = (y, gx, *(conv.grads[k] for k in sorted(conv.grads)))
-        for a, b in zip(out[True], out[False], strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                    dict(kernel_size=(2, 3), stride=(1, 2), padding=(0, 1)),
+                                    dict(kernel_size=2, stride=3), dict(kernel_size=1)],
+                         ids=["k2", "k3-s2-p1", "overlap", "untiled", "k1"])
+def test_maxpool_numpy_fast_path_matches_generic(kwargs: dict) -> None:
+    """Ties (rounded values), a NaN, overlapping and untiled windows, padding: same output and gradient."""
+    host = np.round(np.random.default_rng(0).standard_normal((3, 2, 9, 8)))
+    host[1, 1, 4, 4] = np.nan
+    out = {}
+    for fast in (True, False):
+        pool = layers.MaxPool2D(**kwargs)
+        pool.use_fast_path = fast
+        y = pool.forward(host.copy())
+        out[fast] = (y, pool.backward(np.random.default_rng(1).standard_normal(tuple(y.shape))))
+    for a, b in zip(out[True], out[False], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dropout_numpy_fast_path_matches_generic() -> None:
+    x = np.random.default_rng(0).standard_normal((6, 50)).astype(np.float32)
+    out = {}
+    for fast in (True, False):
+        drop = layers.Dropout(0.3).build("numpy", "float32", 0)
+        drop.use_fast_path = fast
+        drop.init_state(np.random.default_rng(4))
+        y = drop.forward(x)
+        out[fast] = (y, drop.backward(np.ones_like(y)))
+    for a, b in zip(out[True], out[False], strict=True):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
 
 
 def test_conv_chunking_matches_single_chunk(backend: nnxp.Backend) -> None:

@@ -59,6 +59,12 @@ def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
+def axis_slices(k: int, s: int, d: int, out: int) -> tuple[slice, ...]:
+    """One slice per kernel tap along one axis: tap ``i`` sees ``i*d, i*d + s, ...`` (``out`` positions)."""
+    return tuple(slice(i * d, i * d + s * (out - 1) + 1, s) for i in range(k))
+
+
+@functools.lru_cache(maxsize=256)
 def offset_slices(kernel: Pair, stride: Pair, dilation: Pair,
                   out_hw: Pair) -> tuple[tuple[slice, slice], ...]:
     """One ``(rows, cols)`` slice pair per kernel offset, row-major over the kernel.
@@ -67,10 +73,8 @@ def offset_slices(kernel: Pair, stride: Pair, dilation: Pair,
     ``(i, j)`` sees at every output position.
     """
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
-    return tuple(
-        (slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw))
-        for i in range(kh) for j in range(kw)
-    )
+    rows, cols = axis_slices(kh, sh, dh, oh), axis_slices(kw, sw, dw, ow)
+    return tuple((si, sj) for si in rows for sj in cols)
 
 
 def pad_last2(xp: Any, x: Array, padding: Pair, fill: float = 0.0, device: Any = None) -> Array:

@@ -22,10 +22,6 @@ class Conv2D(Layer):
     exceed :attr:`col_budget` bytes are processed in chunks (the columns are
     then recomputed in ``backward`` instead of kept).
 
-    On the NumPy backend the columns come from one ``as_strided`` view copy
-    instead of ``kh*kw`` slice copies (set ``use_fast_path = False`` to use
-    the portable path everywhere).
-
     Args:
         in_channels: number of input channels ``C``.
         out_channels: number of output channels (filters).
@@ -41,7 +37,6 @@ class Conv2D(Layer):
 
     Attributes:
         col_budget: bytes of unfolded columns per batch chunk (default 64 MiB).
-        use_fast_path: use the NumPy-specific unfolding on the NumPy backend.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
@@ -61,7 +56,6 @@ class Conv2D(Layer):
         self.use_bias = bool(bias)
         self.init = init
         self.col_budget = win.COL_BUDGET_BYTES
-        self.use_fast_path = True
         self._cache: dict[str, Any] = {}
 
     def _resolve_padding(self, padding: int | Sequence[int] | str) -> win.Pair:
@@ -110,33 +104,56 @@ class Conv2D(Layer):
 
     def _unfold(self, xpt: Array, n0: int, n1: int, oh: int, ow: int) -> Array:
         """Columns ``(kh*kw*C, nb*OH*OW)`` of batch items ``n0:n1`` of padded ``(C, N, Hp, Wp)`` input;
-        rows ordered (kernel row, kernel column, channel)."""
+        rows ordered (kernel row, kernel column, channel).
+
+        A 2-D kernel is unfolded in two steps: first each of the ``kw`` column shifts is copied
+        into a ``(C, nb, Hp, OW)`` array, then the ``kh`` row shifts of that array select whole
+        blocks of rows. Copying the ``kh*kw`` windows directly moves the same data in ``OW``-long
+        rows, and on NumPy the short rows cost most of the time (about 1.4x slower for 3x3
+        kernels on 14x14 images).
+        """
         xp = self.xp
-        kh, kw = self.kernel_size
-        c = self.in_channels
-        nb = n1 - n0
-        if self.use_fast_path and self.backend.kind == "numpy":
-            return _unfold_numpy(xpt[:, n0:n1], self.kernel_size, self.stride, self.dilation, (oh, ow))
-        part = xpt[:, n0:n1, :, :]
-        if kh * kw == 1 and self.stride == (1, 1):
-            cols = part  # 1x1 kernel, stride 1: the (padded) input is its own column matrix
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        c, nb = self.in_channels, n1 - n0
+        part = xpt if (n0, n1) == (0, xpt.shape[1]) else xpt[:, n0:n1, :, :]
+        if kh * kw == 1 and (sh, sw) == (1, 1):
+            return xp.reshape(part, (c, nb * oh * ow))  # the (padded) input is its own column matrix
+        rows, cols = win.axis_slices(kh, sh, dh, oh), win.axis_slices(kw, sw, dw, ow)
+        dev = self.backend.device
+        out = xp.empty((kh * kw, c, nb, oh, ow), dtype=xpt.dtype, device=dev)
+        if kh > 1 and kw > 1:
+            shifted = xp.empty((c, nb, xpt.shape[2], ow), dtype=xpt.dtype, device=dev)
+            for j, sj in enumerate(cols):
+                shifted[...] = part[:, :, :, sj]
+                for i, si in enumerate(rows):
+                    out[i * kw + j, ...] = shifted[:, :, si, :]
         else:
-            sl = win.offset_slices(self.kernel_size, self.stride, self.dilation, (oh, ow))
-            cols = xp.stack([part[:, :, si, sj] for si, sj in sl], axis=0)
-        return xp.reshape(cols, (kh * kw * c, nb * oh * ow))
+            for k, (si, sj) in enumerate((si, sj) for si in rows for sj in cols):
+                out[k, ...] = part[:, :, si, sj]
+        return xp.reshape(out, (kh * kw * c, nb * oh * ow))
 
     def _fold(self, dcols: Array, nb: int, hp: int, wp: int, oh: int, ow: int) -> Array:
-        """Adjoint of :meth:`_unfold`: add columns back into a padded ``(C, nb, Hp, Wp)`` gradient."""
+        """Adjoint of :meth:`_unfold`: add columns back into a padded ``(C, nb, Hp, Wp)`` gradient
+        (for a 2-D kernel also in two steps: the row shifts into one ``(C, nb, Hp, OW)`` sum per
+        kernel column, then that sum shifted by the column)."""
         xp = self.xp
-        kh, kw = self.kernel_size
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         c = self.in_channels
-        d5 = xp.reshape(dcols, (kh * kw, c, nb, oh, ow))
-        sl = win.offset_slices(self.kernel_size, self.stride, self.dilation, (oh, ow))
+        d = xp.reshape(dcols, (kh, kw, c, nb, oh, ow))
         if kh * kw == 1 and (hp, wp) == (oh, ow):
-            return d5[0, ...]
-        gpad = xp.zeros((c, nb, hp, wp), dtype=dcols.dtype, device=self.backend.device)
-        for k, (si, sj) in enumerate(sl):
-            gpad[:, :, si, sj] += d5[k, ...]
+            return d[0, 0, ...]
+        rows, cols = win.axis_slices(kh, sh, dh, oh), win.axis_slices(kw, sw, dw, ow)
+        dev = self.backend.device
+        gpad = xp.zeros((c, nb, hp, wp), dtype=dcols.dtype, device=dev)
+        for j, sj in enumerate(cols):
+            if kh > 1 and kw > 1:
+                acc = xp.zeros((c, nb, hp, ow), dtype=dcols.dtype, device=dev)
+                for i, si in enumerate(rows):
+                    acc[:, :, si, :] += d[i, j, ...]
+                gpad[:, :, :, sj] += acc
+            else:
+                for i, si in enumerate(rows):
+                    gpad[:, :, si, sj] += d[i, j, ...]
         return gpad
 
     def _weight_matrix(self, transposed: bool = False) -> Array:
@@ -157,11 +174,11 @@ class Conv2D(Layer):
         xp = self.xp
         n, _, h, w = x.shape
         o = self.out_channels
+        nb = self._chunk(n, self.kernel_size[0] * self.kernel_size[1] * self.in_channels * oh * ow)
         # channels first: the columns of a batch chunk form one contiguous matrix
         xpt = win.pad_last2(xp, xp.permute_dims(x, (1, 0, 2, 3)), self.padding, device=self.backend.device)
         w2 = self._weight_matrix()
         bias = xp.reshape(self.params["bias"], (o, 1)) if self.use_bias else None
-        nb = self._chunk(n, self.kernel_size[0] * self.kernel_size[1] * self.in_channels * oh * ow)
         y = xp.empty((n, o, oh, ow), dtype=x.dtype, device=self.backend.device)
         cols = None
         for n0 in range(0, n, nb):
@@ -245,15 +262,3 @@ class Conv2D(Layer):
             cfg["init"] = self.init
         return cfg
 
-
-def _unfold_numpy(part: np.ndarray, kernel: win.Pair, stride: win.Pair, dilation: win.Pair,
-                  out_hw: win.Pair) -> np.ndarray:
-    """NumPy fast path of :meth:`Conv2D._unfold`: one strided view, one copy."""
-    from numpy.lib.stride_tricks import as_strided
-
-    c, nb = part.shape[0], part.shape[1]
-    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
-    s_c, s_n, s_h, s_w = part.strides
-    view = as_strided(part, shape=(kh, kw, c, nb, oh, ow),
-                      strides=(dh * s_h, dw * s_w, s_c, s_n, sh * s_h, sw * s_w), writeable=False)
-    return view.reshape(kh * kw * c, nb * oh * ow)
