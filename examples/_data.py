@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 
 import _common  # noqa: F401  (puts the checkout on sys.path)
-import numpy as np
 
 from nnxp import datasets
 
@@ -35,8 +34,10 @@ def _cut(train: tuple, test: tuple, subset: int | None) -> tuple[tuple, tuple]:
     return (train[0][:subset], train[1][:subset]), (test[0][: max(subset // 6, 1)], test[1][: max(subset // 6, 1)])
 
 
-def split_validation(x: np.ndarray, y: np.ndarray, n_val: int) -> tuple[tuple, tuple]:
-    """Hold out the last ``n_val`` training samples for validation."""
-    if n_val <= 0 or n_val >= len(x):
+def split_validation(x, y, n_val: int) -> tuple[tuple, tuple | None]:
+    """Hold out the last ``n_val`` training samples (arrays of any backend) for validation."""
+    n = x.shape[0]
+    if n_val <= 0 or n_val >= n:
         return (x, y), None
-    return (x[:-n_val], y[:-n_val]), (x[-n_val:], y[-n_val:])
+    k = n - n_val
+    return (x[:k, ...], y[:k, ...]), (x[k:, ...], y[k:, ...])

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     net = build(args.backend, args.seed)
     print(f"Dataset: {name} ({len(x)} train, {len(xt)} test images); backend: {net.backend.name}")
     if args.verbose:
-        print(net.summary())
+        print(net.summary((1, *x.shape[1:])))
     (x, y), (xt, yt) = nchw(x, y, net.backend), nchw(xt, yt, net.backend)
     (xtr, ytr), val = _data.split_validation(x, y, args.val)
 

@@ -116,14 +116,24 @@ class Sequential:
         """Number of trainable scalars."""
         return sum(math.prod(p.shape) for layer in self.layers for p in layer.params.values())
 
-    def summary(self) -> str:
-        """A table of layers, per-sample output shapes and parameter counts."""
-        shape = self._input_spec()
+    def summary(self, sample_shape: tuple[int, ...] | None = None) -> str:
+        """A table of layers, per-sample output shapes and parameter counts.
+
+        Args:
+            sample_shape: per-sample input shape (without the batch axis), e.g.
+                ``(1, 28, 28)`` for a CNN, whose first layer only declares its
+                channels; ``None`` uses what the first layer declares.
+
+        Returns:
+            The table as one string.
+        """
+        shape = tuple(sample_shape) if sample_shape is not None else self._input_spec()
         rows = []
+        width = max([24, *(len(repr(layer)) for layer in self.layers)])
         for i, layer in enumerate(self.layers):
             shape = layer.output_shape(shape) if shape is not None else None
             n = sum(math.prod(p.shape) for p in layer.params.values())
-            rows.append(f"{i:>3}  {layer!r:<44} {shape or '?'!s:<18} {n:>10,}")
+            rows.append(f"{i:>3}  {layer!r:<{width}} {shape or '?'!s:<16} {n:>10,}")
         head = f"Sequential on {self.backend.name}, {self.dtype}, seed {self.seed}"
         return "\n".join([head, *rows, f"     total parameters: {self.num_params():,}"])
 
@@ -279,13 +289,19 @@ class Sequential:
                 t0 = time.perf_counter()
                 for i, layer in enumerate(self.layers):  # per-epoch streams: resume gives the same numbers
                     layer.init_state(np.random.default_rng([self.seed, epoch, i]))
+                xs, ys, order = x, y, None
                 if shuffle:
                     perm = np.random.default_rng([self.seed, epoch]).permutation(n)
                     idx = self.backend.from_host(perm)
-                    xs, ys = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
-                else:
-                    xs, ys = x, y
-                logs = self._run_epoch(xs, ys, loss, optimizer, slots, epoch, nb, batch_size, mode, verbose)
+                    if self.backend.sync_free:
+                        # CPU: gather each batch when it is used; it is still in cache for the first
+                        # matmul, and no shuffled copy of the whole data set is made
+                        order = idx
+                    else:
+                        # GPU: one gather per epoch, so a step slices views instead of launching two kernels
+                        xs, ys = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
+                logs = self._run_epoch(xs, ys, order, loss, optimizer, slots, epoch, nb, batch_size, mode,
+                                       verbose)
                 if validation_data is not None:
                     val = self.evaluate(xv, yv, loss=loss, batch_size=max(batch_size, 256))
                     logs.update({f"val_{k}": v for k, v in val.items()})
@@ -305,8 +321,10 @@ class Sequential:
                 o.reuse_buffers = flag
         return self.history
 
-    def _run_epoch(self, xs: Array, ys: Array, loss: Loss, optimizer: Optimizer, slots: list[Slot],
-                   epoch: int, nb: int, bs: int, mode: str, verbose: int) -> dict[str, float]:
+    def _run_epoch(self, xs: Array, ys: Array, order: Array | None, loss: Loss, optimizer: Optimizer,
+                   slots: list[Slot], epoch: int, nb: int, bs: int, mode: str, verbose: int) -> dict[str, float]:
+        """One epoch of steps over ``xs``/``ys`` in ``order`` (batch ``b`` takes rows
+        ``order[b*bs:(b+1)*bs]``), or in their own order when ``order`` is ``None``."""
         xp, n = self.backend.xp, xs.shape[0]
         layers = self.layers
         classification = loss.classification
@@ -325,7 +343,11 @@ class Sequential:
         seen = 0
         for b in range(nb):
             stop = min((b + 1) * bs, n)  # the standard leaves out-of-range slice stops unspecified
-            xb, yb = xs[b * bs:stop, ...], ys[b * bs:stop, ...]
+            if order is None:
+                xb, yb = xs[b * bs:stop, ...], ys[b * bs:stop, ...]
+            else:
+                sel = order[b * bs:stop]
+                xb, yb = xp.take(xs, sel, axis=0), xp.take(ys, sel, axis=0)
             m = xb.shape[0]
             out = xb
             for layer in layers:

@@ -110,6 +110,23 @@ def test_mnist_mlp_fashion_subset(example, offline_data: Path, tmp_path: Path, m
 
 
 @needs_fashion
+@pytest.mark.parametrize("name", ["mnist_mlp", "mnist_cnn"])
+def test_image_examples_run_on_every_backend(example, name: str, backend: nnxp.Backend, offline_data: Path,
+                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A few steps on a small subset: the data move to the backend, validation splits,
+    the checkpoint and both PNGs are written, whatever the array type."""
+    pytest.importorskip("matplotlib")
+    test = example(name).main(["--dataset", "fashion-mnist", "--subset", "300", "--epochs", "1", "--val", "50",
+                               "--verbose", "0", "--no-download", "--backend", backend.name,
+                               "--out", str(tmp_path)])
+    assert f"backend: {backend.name}" in capsys.readouterr().out
+    assert 0.0 <= test["accuracy"] <= 1.0 and np.isfinite(test["loss"]), test
+    assert nnxp.load(str(tmp_path / f"{name}.npz"), backend="numpy").epoch == 1
+    for png in (f"{name}_curves.png", f"{name}_misclassified.png"):
+        assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC, png
+
+
+@needs_fashion
 def test_mnist_mlp_falls_back_to_fashion(example, offline_data: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")

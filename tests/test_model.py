@@ -277,6 +277,14 @@ def test_summary_and_repr() -> None:
     assert repr(net).startswith("Sequential([") and "Dense(in_features=4, out_features=8)" in repr(net)
 
 
+def test_summary_with_sample_shape_fills_cnn_shapes() -> None:
+    net = nnxp.Sequential([layers.Conv2D(1, 2, 3, padding=1), layers.MaxPool2D(2), layers.Flatten(),
+                           layers.Dense(2 * 4 * 4, 3)], backend="numpy")
+    assert "(2, None, None)" in net.summary()  # the first layer only declares its channels
+    s = net.summary((1, 8, 8))
+    assert "(2, 8, 8)" in s and "(2, 4, 4)" in s and "(32,)" in s and "(3,)" in s
+
+
 # ------------------------------------------------------ non-finite loss
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow / NaN inside numpy, on purpose
 @pytest.mark.parametrize("mode", ["step", "device"])
