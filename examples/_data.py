@@ -3,11 +3,63 @@ local Fashion-MNIST copy (saying so), never a silent switch of meaning."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
+from typing import Any
 
-import _common  # noqa: F401  (puts the checkout on sys.path)
+from _common import out_path, parser
 
-from nnxp import datasets
+import nnxp
+from nnxp import datasets, losses, optim
+from nnxp.plots import plot_misclassified
+
+
+def image_parser(description: str, epochs: int, lr: float) -> argparse.ArgumentParser:
+    """The MNIST examples' options: ``--dataset``, ``--epochs``, ``--batch-size``, ``--lr`` and the rest."""
+    p = parser(description)
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--val", type=int, default=5000, help="training samples held out for validation")
+    p.add_argument("--subset", type=int, default=None, help="use only the first N training samples (smoke tests)")
+    p.add_argument("--no-download", action="store_true", help="use local copies only")
+    p.add_argument("--verbose", type=int, default=1, help="0 silent, 1 progress bars, 2 a line per epoch")
+    return p
+
+
+def train_and_report(net: nnxp.Sequential, optimizer: optim.Optimizer, args: argparse.Namespace, name: str,
+                     train: tuple[Any, Any], test: tuple[Any, Any], classes: list[str], stem: str,
+                     title: str) -> dict[str, float]:
+    """Fit with ``args.val`` samples held out, print the test accuracy and epoch times, and write
+    ``<stem>.npz``, ``<stem>_curves.png`` and ``<stem>_misclassified.png`` to ``args.out``.
+
+    Returns:
+        The test metrics (``loss``, ``accuracy``).
+    """
+    (xtr, ytr), val = split_validation(*train, args.val)
+    t0 = time.perf_counter()
+    hist = net.fit(xtr, ytr, loss=losses.SoftmaxCrossEntropy(), optimizer=optimizer,
+                   epochs=args.epochs, batch_size=args.batch_size, shuffle=True,
+                   validation_data=val, verbose=args.verbose)
+    train_time = time.perf_counter() - t0
+    xt, yt = test
+    metrics = net.evaluate(xt, yt)
+    times = ", ".join(f"{t:.1f}" for t in hist["time"])
+    print(f"{name} test accuracy after {args.epochs} epochs: {100 * metrics['accuracy']:.2f}% "
+          f"(test loss {metrics['loss']:.4f}; {train_time / max(args.epochs, 1):.2f} s per epoch "
+          f"on {net.backend.name}; epoch times [s]: {times})")
+
+    ckpt = out_path(args.out, f"{stem}.npz")
+    net.save(ckpt)
+    curves = out_path(args.out, f"{stem}_curves.png")
+    hist.plot(curves, title=f"{title} on {name}")
+    pred = nnxp.to_numpy(net.predict(xt)).argmax(axis=1)
+    grid = out_path(args.out, f"{stem}_misclassified.png")
+    plot_misclassified(nnxp.to_numpy(xt), nnxp.to_numpy(yt), pred, classes, grid)
+    print(f"checkpoint: {ckpt}\ncurves: {curves}\nmisclassified: {grid}")
+    return metrics
 
 
 def load(name: str, subset: int | None = None, download: bool = True) -> tuple[str, tuple, tuple, list[str]]:

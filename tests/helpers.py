@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import nnxp
+from nnxp import datasets
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+needs_fashion = pytest.mark.skipif(
+    not all((FASHION_DIR / f"{base}.gz").is_file() or (FASHION_DIR / base).is_file()
+            for base in datasets.FILES.values()),
+    reason=f"no Fashion-MNIST system copy in {FASHION_DIR} (apt-get install dataset-fashion-mnist)",
+)
 
 
 def assert_on(x: Any, backend: nnxp.Backend, dtype: str | None = None, shape: tuple | None = None) -> None:

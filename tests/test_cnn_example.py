@@ -11,20 +11,10 @@ from types import ModuleType
 import numpy as np
 import pytest
 from conftest import TOLERANCES
-from helpers import assert_close
+from helpers import EXAMPLES, FASHION_DIR, PNG_MAGIC, assert_close, needs_fashion
 
 import nnxp
 from nnxp import datasets, losses, optim
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-needs_fashion = pytest.mark.skipif(
-    not all((FASHION_DIR / f"{base}.gz").is_file() or (FASHION_DIR / base).is_file()
-            for base in datasets.FILES.values()),
-    reason=f"no Fashion-MNIST system copy in {FASHION_DIR} (apt-get install dataset-fashion-mnist)",
-)
 
 
 @pytest.fixture
