@@ -1,5 +1,7 @@
-"""Dataset choice for the MNIST examples: MNIST when it can be had, else a
-local Fashion-MNIST copy (saying so), never a silent switch of meaning."""
+"""What the two MNIST examples share: their options, the data set choice (MNIST
+when it can be had, else a local Fashion-MNIST copy, saying so: never a silent
+switch of meaning), the validation split, and training plus the report, the
+checkpoint and the PNGs."""
 
 from __future__ import annotations
 
