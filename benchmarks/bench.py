@@ -48,6 +48,10 @@ epochs per contender that prints the device memory after every epoch (to show
 it does not grow); and the mean training loss of the last timed epoch, which
 agrees across contenders when they do the same arithmetic.
 
+After the table it prints the array calls per training step of nnxp and of
+the hand-written twin (``benchmarks/calls.py``, counted on array_api_strict;
+``--no-calls`` skips it): at small batches that count is what a GPU step costs.
+
 Run from the repository root::
 
     python benchmarks/bench.py --backend numpy --cases mlp64,mlp1024 --repeats 3
@@ -247,7 +251,8 @@ class Contender:
 class NnxpContender(Contender):
     name = "nnxp"
 
-    def __init__(self, net: Any, case: Case, x: Any, y: Any, check_finite: str) -> None:
+    def __init__(self, net: Any, case: Case, x: Any, y: Any, check_finite: str,
+                 metrics: tuple[str, ...] = ("accuracy",)) -> None:
         import nnxp
         from nnxp import losses, optim
 
@@ -259,13 +264,14 @@ class NnxpContender(Contender):
         self.loss = losses.SoftmaxCrossEntropy()
         self.opt = optim.SGD(lr=case.lr) if case.optimizer == "sgd" else optim.Adam(lr=case.lr)
         self.check_finite = check_finite
+        self.metrics = metrics
 
     def data(self) -> tuple[Any, Any]:
         return self.x, self.y
 
     def fit_epoch(self, x: Any, y: Any) -> float:
         h = self.net.fit(x, y, loss=self.loss, optimizer=self.opt, epochs=1, batch_size=self.case.batch,
-                         shuffle=True, verbose=0, check_finite=self.check_finite)
+                         shuffle=True, verbose=0, check_finite=self.check_finite, metrics=self.metrics)
         return h["loss"][-1]
 
     def sync(self) -> None:
@@ -384,7 +390,7 @@ def make_contenders(case: Case, args: argparse.Namespace, x: Any, y: Any) -> tup
     skipped: list[Result] = []
     wanted = args.contenders
     if "nnxp" in wanted:
-        out.append(NnxpContender(net, case, x, y, args.check_finite))
+        out.append(NnxpContender(net, case, x, y, args.check_finite, args.metrics))
     if "twin" in wanted:
         if case.kind == "mlp":
             out.append(ArrayTwinContender(spec, case, x, y, net.backend, args.seed))
@@ -613,12 +619,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also time torch.compile (failures are reported)")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode (default, reduce-overhead, ...)")
     p.add_argument("--check-finite", default="auto", help="passed to nnxp's fit (auto, step, device, off)")
+    p.add_argument("--no-train-accuracy", dest="metrics", action="store_const", const=(), default=("accuracy",),
+                   help="nnxp's fit keeps no running training accuracy (the twins keep none)")
     p.add_argument("--mem-epochs", type=int, default=None,
                    help="GPU: epochs of the memory run per contender (default 5; 0 skips it)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for BLAS and torch (sets OPENBLAS/OMP/MKL_NUM_THREADS before NumPy loads)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--no-calls", action="store_true",
+                   help="skip the count of array calls per step (benchmarks/calls.py; needs array_api_strict)")
     args = p.parse_args(argv)
     args.contenders = {c.strip() for c in args.contenders.split(",") if c.strip()}
     unknown = args.contenders - {"nnxp", "twin", "torch"}
@@ -682,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(args)
     meta = {
         "backend": backend.name, "cases": args.cases, "repeats": args.repeats, "samples": args.samples,
-        "cpu_big_samples": args.cpu_big_samples, "check_finite": args.check_finite, "seed": args.seed,
+        "cpu_big_samples": args.cpu_big_samples, "check_finite": args.check_finite,
+        "metrics": list(args.metrics), "seed": args.seed,
         "statistic": "median over repeats; contenders interleaved, order alternating per repeat",
         "flops_formula": "6 * MACs_per_sample * samples per epoch (MLP: MACs = weight count; "
                          f"cnn: {CNN_MACS} MACs/sample)",
@@ -697,12 +708,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"TFLOP/s = {meta['flops_formula']} / median epoch time")
     print()
     print(table)
+    calls: list[dict[str, Any]] = []
+    if not args.no_calls:
+        calls = count_calls()
     if args.json:
-        out = {"meta": meta, "results": rows, "memory_trace": traces}
+        out = {"meta": meta, "results": rows, "memory_trace": traces, "calls_per_step": calls}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2, default=_json_default)
         log(f"wrote {args.json}")
     return 0
+
+
+def count_calls() -> list[dict[str, Any]]:
+    """Print and return the array calls per step of nnxp and the twin (see ``benchmarks/calls.py``):
+    what bounds a GPU step at small batches, counted on the host."""
+    try:
+        from benchmarks import calls
+    except ImportError as exc:  # array_api_strict missing
+        log(f"array calls per step not counted: {exc}")
+        return []
+    rows = [r for bs in (64, 1024) for r in calls.measure(bs, 60)]
+    print()
+    print("Array calls per training step (seed MLP, counted on array_api_strict with fit's GPU branch; "
+          "at small batches a GPU step costs about what its calls cost on the host):")
+    print()
+    print(calls.markdown(rows))
+    return rows
 
 
 def _json_default(o: Any) -> Any:

@@ -31,17 +31,19 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------- NumPy / CuPy
 class ArrayMLPTwin:
     """Dense-ReLU-...-Dense MLP, softmax cross-entropy with the fused gradient
-    ``(softmax - onehot) / batch``, plain SGD, on ``xp`` = ``numpy`` or ``cupy``.
+    ``(softmax - onehot) / batch``, plain SGD, on ``xp`` = ``numpy`` or ``cupy``
+    (or ``array_api_strict``, which ``benchmarks/calls.py`` uses to count calls).
 
     Written the way one writes it by hand: ``x @ W + b``, ``maximum(., 0)``,
-    ``W -= lr * dW``; no buffers reused, nothing fused beyond what the
-    expressions give. On NumPy the loss is read on the host each step (free on
-    the CPU); on CuPy it accumulates in a device scalar read once per epoch.
+    ``g[rows, labels] -= 1``, ``W -= lr * dW``; no buffers reused, nothing fused
+    beyond what the expressions give. On NumPy the loss is read on the host
+    each step (free on the CPU); elsewhere it accumulates in a device scalar
+    read once per epoch.
 
     Args:
         weights: host ``(in, out)`` float32 weight matrices, first to last.
         biases: host ``(out,)`` biases.
-        xp: ``numpy`` or ``cupy``.
+        xp: ``numpy``, ``cupy`` or ``array_api_strict``.
         lr: learning rate.
         seed: shuffling seed (the nnxp model's ``seed``).
     """
@@ -50,6 +52,9 @@ class ArrayMLPTwin:
                  seed: int = 0) -> None:
         self.xp = xp
         self.on_host = xp is np
+        # array_api_strict has no fancy-index assignment and no bool * float: there the twin
+        # subtracts a one-hot matrix and masks with where, the same number of array calls
+        self.strict = xp.__name__ == "array_api_strict"
         self.W = [xp.asarray(np.array(w, dtype=np.float32)) for w in weights]
         self.b = [xp.asarray(np.array(b, dtype=np.float32)) for b in biases]
         self.lr = float(lr)
@@ -67,36 +72,42 @@ class ArrayMLPTwin:
         n = x.shape[0]
         perm = epoch_permutation(self.seed, self.epoch, n)
         idx = perm if self.on_host else xp.asarray(perm)
-        xs, ys = x[idx], y[idx]
+        xs, ys = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
         rows_all = xp.arange(batch_size)
+        cols = xp.reshape(xp.arange(W[-1].shape[1], dtype=y.dtype), (1, -1))
         last = len(W) - 1
         total = 0.0 if self.on_host else xp.zeros((), dtype=xp.float32)
         for s in range(0, n, batch_size):
-            xb, yb = xs[s:s + batch_size], ys[s:s + batch_size]
+            stop = min(s + batch_size, n)  # the standard leaves out-of-range slice stops unspecified
+            xb, yb = xs[s:stop, ...], ys[s:stop]
             m = xb.shape[0]
             rows = rows_all if m == batch_size else rows_all[:m]
             # forward
             hs = [xb]
             h = xb
             for i in range(last):
-                h = xp.maximum(h @ W[i] + B[i], 0)
+                h = xp.maximum(h @ W[i] + B[i], 0.0)
                 hs.append(h)
             z = h @ W[last] + B[last]
             # softmax cross-entropy, mean over the batch
-            z = z - z.max(axis=1, keepdims=True)
+            z = z - xp.max(z, axis=1, keepdims=True)
             e = xp.exp(z)
-            se = e.sum(axis=1, keepdims=True)
-            loss_sum = (xp.log(se[:, 0]) - z[rows, yb]).sum()
+            se = xp.sum(e, axis=1, keepdims=True)
+            loss_sum = xp.sum(xp.log(se[:, 0]) - z[rows, yb])
             total += float(loss_sum) if self.on_host else loss_sum
             g = e / se
-            g[rows, yb] -= 1
+            if self.strict:
+                g = g - xp.astype(xp.reshape(yb, (m, 1)) == cols, g.dtype)
+            else:
+                g[rows, yb] -= 1
             g /= m
             # backward, then SGD (the next gradient uses the weights before the update)
             for i in range(last, -1, -1):
                 dW = hs[i].T @ g
-                db = g.sum(axis=0)
+                db = xp.sum(g, axis=0)
                 if i:
-                    g = (g @ W[i].T) * (hs[i] > 0)
+                    gh, mask = g @ W[i].T, hs[i] > 0
+                    g = xp.where(mask, gh, 0.0) if self.strict else gh * mask
                 W[i] -= lr * dW
                 B[i] -= lr * db
         return float(total) / n

@@ -275,9 +275,18 @@ class SoftmaxCrossEntropy(Loss):
             g[self._rows(self._n), self._labels] -= 1
             return np.divide(g, self._n, out=g)
         n, k = g.shape
-        onehot = xp.astype(xp.reshape(self._labels, (n, 1)) == xp.arange(k, dtype=self._labels.dtype,
-                                                                        device=self._labels.device), g.dtype)
+        onehot = xp.astype(xp.reshape(self._labels, (n, 1)) == self._classes_row(xp, k, self._labels), g.dtype)
         return (g - onehot) / n
+
+    _classes_cache: Any = None
+
+    def _classes_row(self, xp: Any, k: int, labels: Array) -> Array:
+        """``arange(k)`` as a ``(1, k)`` row of the labels' dtype and device, made once
+        (on a GPU each ``arange`` is a kernel launch, and steps are bound by their count)."""
+        row = self._classes_cache
+        if row is None or row.shape[1] != k or row.dtype != labels.dtype or row.device != labels.device:
+            row = self._classes_cache = xp.reshape(xp.arange(k, dtype=labels.dtype, device=labels.device), (1, k))
+        return row
 
     def correct(self, y_pred: Array, y_true: Array) -> Array:
         if (self.use_fast_path and type(y_pred) is np.ndarray and type(y_true) is np.ndarray
@@ -286,7 +295,9 @@ class SoftmaxCrossEntropy(Loss):
         xp = self._namespace(y_pred)
         pred = xp.argmax(y_pred, axis=1)
         target = y_true if y_true.ndim == 1 else xp.argmax(y_true, axis=1)
-        return xp.sum(xp.astype(pred == xp.astype(target, pred.dtype), y_pred.dtype))
+        if target.dtype != pred.dtype:
+            target = xp.astype(target, pred.dtype)
+        return xp.sum(xp.astype(pred == target, y_pred.dtype))
 
     def config(self) -> dict[str, Any]:
         return {} if self.check_labels else {"check_labels": False}

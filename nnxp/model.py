@@ -220,7 +220,8 @@ class Sequential:
     def fit(self, x: Any, y: Any, loss: Loss | str | None = None, optimizer: Optimizer | str | None = None,
             epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
             validation_data: tuple[Any, Any] | None = None, verbose: int = 1,
-            check_finite: str = "auto", callbacks: Sequence[Any] = ()) -> History:
+            check_finite: str = "auto", callbacks: Sequence[Any] = (),
+            metrics: Sequence[str] | None = None) -> History:
         """Train with mini-batches.
 
         Args:
@@ -240,6 +241,10 @@ class Sequential:
                 loss is non-finite and reads it at each progress refresh (no per-step sync);
                 ``"auto"``: step on CPU backends, device on GPUs; ``"off"``.
             callbacks: callables ``cb(model, epoch, logs)`` run after each epoch.
+            metrics: training metrics kept during the epoch besides the loss: ``("accuracy",)``
+                (the default for classification losses) or ``()`` (the default otherwise).
+                Accuracy costs five array calls per step, which matters on a GPU at small
+                batches; ``metrics=()`` skips it (validation still reports accuracy).
 
         Returns:
             The model's :class:`~nnxp.History` (all epochs so far).
@@ -258,6 +263,17 @@ class Sequential:
             raise ValueError(f"batch_size must be >= 1 and epochs >= 0, got {batch_size}, {epochs}")
         if check_finite not in ("auto", "step", "device", "off"):
             raise ValueError(f"check_finite must be 'auto', 'step', 'device' or 'off', got {check_finite!r}")
+        if metrics is None:
+            metrics = ("accuracy",) if loss.classification else ()
+        elif isinstance(metrics, str):
+            metrics = (metrics,)
+        unknown = [m for m in metrics if m != "accuracy"]
+        if unknown:
+            raise ValueError(f"Unknown metric(s) {unknown}: fit keeps 'accuracy' (classification losses) or none; "
+                             "pass metrics=('accuracy',) or metrics=().")
+        if metrics and not loss.classification:
+            raise ValueError(f"metrics=('accuracy',) needs a classification loss; {loss!r} is a regression loss. "
+                             "Pass metrics=() or use SoftmaxCrossEntropy / BinaryCrossEntropy.")
         self.loss, self.optimizer = loss, optimizer
         x = self._inputs(x)
         n = x.shape[0]
@@ -301,7 +317,7 @@ class Sequential:
                         # GPU: one gather per epoch, so a step slices views instead of launching two kernels
                         xs, ys = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
                 logs = self._run_epoch(xs, ys, order, loss, optimizer, slots, epoch, nb, batch_size, mode,
-                                       verbose)
+                                       verbose, bool(metrics))
                 if validation_data is not None:
                     val = self.evaluate(xv, yv, loss=loss, batch_size=max(batch_size, 256))
                     logs.update({f"val_{k}": v for k, v in val.items()})
@@ -322,21 +338,29 @@ class Sequential:
         return self.history
 
     def _run_epoch(self, xs: Array, ys: Array, order: Array | None, loss: Loss, optimizer: Optimizer,
-                   slots: list[Slot], epoch: int, nb: int, bs: int, mode: str, verbose: int) -> dict[str, float]:
+                   slots: list[Slot], epoch: int, nb: int, bs: int, mode: str, verbose: int,
+                   classification: bool) -> dict[str, float]:
         """One epoch of steps over ``xs``/``ys`` in ``order`` (batch ``b`` takes rows
-        ``order[b*bs:(b+1)*bs]``), or in their own order when ``order`` is ``None``."""
+        ``order[b*bs:(b+1)*bs]``), or in their own order when ``order`` is ``None``;
+        ``classification``: keep the training accuracy."""
         xp, n = self.backend.xp, xs.shape[0]
         layers = self.layers
-        classification = loss.classification
         zero = xp.zeros((), dtype=self.backend.dtype(self.dtype), device=self.backend.device)
-        total, correct = zero, zero
+        # device sums: of the mean losses of full batches (times bs when read: one call per step, not
+        # two), of the last, partial batch's loss, and of the hits
+        total, partial, correct = zero, zero, zero
         ok = xp.ones((), dtype=xp.bool, device=self.backend.device) if mode == "device" else None
         # on CPU backends reading a scalar costs nothing: sum loss and hits as host floats, no 0-d arrays
         host = mode != "device" and self.backend.sync_free
         total_h = correct_h = 0.0
-        first_bad = xp.full((), -1, dtype=xp.int64, device=self.backend.device) if mode == "device" else None
-        # batch numbers on the device, made once: indexing gives a 0-d view, not a host-to-device copy per step
+        # the last batch whose loss was finite; ``ok`` never turns True again, so the first bad one
+        # is the next. Batch numbers live on the device, made once: indexing gives a 0-d view, not a
+        # host-to-device copy per step.
+        last_ok = xp.full((), -1, dtype=xp.int64, device=self.backend.device) if mode == "device" else None
         batch_ids = xp.arange(nb, dtype=xp.int64, device=self.backend.device) if mode == "device" else None
+
+        def loss_sum() -> float:
+            return total_h if host else float(total) * bs + float(partial)
         tqdm = _tqdm() if verbose == 1 else None
         bar = tqdm(total=n, desc=f"epoch {epoch}", unit="sample", leave=True, dynamic_ncols=True) if tqdm else None
         refresh = max(1, nb // 20)
@@ -357,11 +381,9 @@ class Sequential:
                 value = float(lv)
                 if mode == "step" and not math.isfinite(value):
                     raise NonFiniteLossError(epoch, b, value)
-            elif mode == "device":
-                fin = xp.isfinite(lv)
-                first_bad = xp.where(ok & ~fin, batch_ids[b], first_bad)
-                ok = ok & fin
-                lv = xp.where(ok, lv, zero)
+            elif mode == "device":  # three calls, no sync: the flag, and the batch it last held for
+                ok = ok & xp.isfinite(lv)
+                last_ok = xp.where(ok, batch_ids[b], last_ok)
             grad = loss.backward()
             for layer in reversed(layers):
                 grad = layer.backward(grad)
@@ -371,24 +393,27 @@ class Sequential:
                 if classification:
                     correct_h += float(loss.correct(out, yb))
             else:
-                total = total + lv * m
+                if m == bs:
+                    total = total + lv
+                else:
+                    partial = lv * m
                 if classification:
                     correct = correct + loss.correct(out, yb)
             seen += m
             if (b + 1) % refresh == 0 or b == nb - 1:  # the only host reads of an epoch
                 if ok is not None and not bool(ok):
-                    bad = int(first_bad)
+                    bad = int(last_ok) + 1
                     optimizer.steps -= b - bad + 1  # masked steps changed nothing: keep Adam's step count true
                     raise NonFiniteLossError(epoch, bad, float("nan"))
                 if bar is not None:
                     bar.update(seen - bar.n)
-                    post = {"loss": f"{(total_h if host else float(total)) / seen:.4f}"}
+                    post = {"loss": f"{loss_sum() / seen:.4f}"}
                     if classification:
                         post["acc"] = f"{(correct_h if host else float(correct)) / seen:.4f}"
                     bar.set_postfix(post, refresh=False)
         if bar is not None:
             bar.close()
-        logs = {"loss": (total_h if host else float(total)) / n}
+        logs = {"loss": loss_sum() / n}
         if classification:
             logs["accuracy"] = (correct_h if host else float(correct)) / n
         return logs

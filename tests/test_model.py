@@ -351,6 +351,39 @@ def test_check_finite_off_does_not_raise() -> None:
     assert np.isnan(hist["loss"][-1])
 
 
+def test_check_finite_modes_log_the_same_epoch(backend: nnxp.Backend) -> None:
+    # "device" sums the loss on the device (full batches' means times the batch size, plus the
+    # partial last batch); "step" on the host: the epoch logs must agree
+    x, y = _blobs(203)  # 12 batches of 16 and one of 11
+    logs = {}
+    for mode in ("step", "device", "off"):
+        net = _mlp(backend, seed=2)
+        hist = _fit(net, x, y, epochs=2, batch_size=16, check_finite=mode)
+        logs[mode] = (hist["loss"], hist["accuracy"], _params(net))
+    for mode in ("device", "off"):
+        np.testing.assert_allclose(logs[mode][0], logs["step"][0], rtol=1e-5)
+        assert logs[mode][1] == logs["step"][1]
+        for k, v in logs["step"][2].items():
+            np.testing.assert_array_equal(logs[mode][2][k], v, err_msg=k)
+
+
+def test_fit_metrics(backend: nnxp.Backend) -> None:
+    x, y = _blobs(60)
+    with_acc, without = _mlp(backend, seed=4), _mlp(backend, seed=4)
+    h1 = _fit(with_acc, x, y, epochs=2, batch_size=16, check_finite="device")
+    h2 = _fit(without, x, y, epochs=2, batch_size=16, check_finite="device", metrics=(), validation_data=(x, y))
+    assert len(h1["accuracy"]) == 2 and 0 <= h1["accuracy"][-1] <= 1
+    assert "accuracy" not in h2 and len(h2["val_accuracy"]) == 2  # validation still reports it
+    np.testing.assert_allclose(h2["loss"], h1["loss"], rtol=1e-6)
+    for k, v in _params(with_acc).items():
+        np.testing.assert_array_equal(_params(without)[k], v, err_msg=k)
+    with pytest.raises(ValueError, match=r"Unknown metric.*'f1'"):
+        _fit(without, x, y, metrics=("f1",))
+    with pytest.raises(ValueError, match="needs a classification loss"):
+        _fit(without, x, np.ones((60, 3), np.float32), loss=losses.MSE(), metrics="accuracy")
+    assert without.epoch == 2  # the refused calls trained nothing
+
+
 # -------------------------------------------------------------- verbose
 def test_verbose_0_prints_nothing(capsys: pytest.CaptureFixture) -> None:
     x, y = _blobs()
