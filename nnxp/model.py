@@ -339,10 +339,10 @@ class Sequential:
 
     def _run_epoch(self, xs: Array, ys: Array, order: Array | None, loss: Loss, optimizer: Optimizer,
                    slots: list[Slot], epoch: int, nb: int, bs: int, mode: str, verbose: int,
-                   classification: bool) -> dict[str, float]:
+                   track_accuracy: bool) -> dict[str, float]:
         """One epoch of steps over ``xs``/``ys`` in ``order`` (batch ``b`` takes rows
         ``order[b*bs:(b+1)*bs]``), or in their own order when ``order`` is ``None``;
-        ``classification``: keep the training accuracy."""
+        ``track_accuracy``: keep the running training accuracy."""
         xp, n = self.backend.xp, xs.shape[0]
         layers = self.layers
         zero = xp.zeros((), dtype=self.backend.dtype(self.dtype), device=self.backend.device)
@@ -361,6 +361,7 @@ class Sequential:
 
         def loss_sum() -> float:
             return total_h if host else float(total) * bs + float(partial)
+
         tqdm = _tqdm() if verbose == 1 else None
         bar = tqdm(total=n, desc=f"epoch {epoch}", unit="sample", leave=True, dynamic_ncols=True) if tqdm else None
         refresh = max(1, nb // 20)
@@ -390,14 +391,14 @@ class Sequential:
             optimizer.step(slots, ok)
             if host:
                 total_h += value * m
-                if classification:
+                if track_accuracy:
                     correct_h += float(loss.correct(out, yb))
             else:
                 if m == bs:
                     total = total + lv
                 else:
                     partial = lv * m
-                if classification:
+                if track_accuracy:
                     correct = correct + loss.correct(out, yb)
             seen += m
             if (b + 1) % refresh == 0 or b == nb - 1:  # the only host reads of an epoch
@@ -408,13 +409,13 @@ class Sequential:
                 if bar is not None:
                     bar.update(seen - bar.n)
                     post = {"loss": f"{loss_sum() / seen:.4f}"}
-                    if classification:
+                    if track_accuracy:
                         post["acc"] = f"{(correct_h if host else float(correct)) / seen:.4f}"
                     bar.set_postfix(post, refresh=False)
         if bar is not None:
             bar.close()
         logs = {"loss": loss_sum() / n}
-        if classification:
+        if track_accuracy:
             logs["accuracy"] = (correct_h if host else float(correct)) / n
         return logs
 
