@@ -74,7 +74,8 @@ class ArrayMLPTwin:
         idx = perm if self.on_host else xp.asarray(perm)
         xs, ys = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
         rows_all = xp.arange(batch_size)
-        cols = xp.reshape(xp.arange(W[-1].shape[1], dtype=y.dtype), (1, -1))
+        # class indices for the one-hot subtraction (strict only; NumPy/CuPy scatter instead)
+        cols = xp.reshape(xp.arange(W[-1].shape[1], dtype=y.dtype), (1, -1)) if self.strict else None
         last = len(W) - 1
         total = 0.0 if self.on_host else xp.zeros((), dtype=xp.float32)
         for s in range(0, n, batch_size):
