@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, to_numpy
-from .layers.base import layer_class
+from .layers.containers import layer_from_spec, layer_spec
 from .losses import get_loss
 from .model import Sequential
 from .optim import get_optimizer
@@ -89,7 +89,7 @@ def save(model: Sequential, path: str | os.PathLike) -> None:
         "seed": model.seed,
         "epoch": model.epoch,
         "backend": model.backend.name,
-        "layers": [{"type": type(layer).__name__, "config": layer.config()} for layer in model.layers],
+        "layers": [layer_spec(layer) for layer in model.layers],  # containers carry their children
         "optimizer": None if opt is None else {"type": type(opt).__name__, "config": opt.config(),
                                                 "steps": opt.steps},
         "loss": None if model.loss is None else {"type": type(model.loss).__name__, "config": model.loss.config()},
@@ -143,7 +143,7 @@ def load(path: str | os.PathLike, backend: str | Backend | None = None) -> Seque
     """
     meta, arrays = _read(path)
     try:
-        layers = [layer_class(spec["type"])(**spec["config"]) for spec in meta["layers"]]
+        layers = [layer_from_spec(spec) for spec in meta["layers"]]
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{os.fspath(path)}: cannot rebuild the layers: {exc}") from exc
     model = Sequential(layers, backend=backend, dtype=meta["dtype"], seed=meta["seed"])
@@ -158,8 +158,8 @@ def load_into(model: Sequential, path: str | os.PathLike) -> Sequential:
         CheckpointError: the checkpoint's layers or shapes differ from ``model``'s.
     """
     meta, arrays = _read(path)
-    saved = [(s["type"], s["config"]) for s in meta["layers"]]
-    mine = [(type(layer).__name__, layer.config()) for layer in model.layers]
+    saved = meta["layers"]
+    mine = json.loads(json.dumps([layer_spec(layer) for layer in model.layers]))  # tuples -> lists, as saved
     if saved != mine:
         raise CheckpointError(
             f"{os.fspath(path)} holds a different architecture:\n  saved: {saved}\n  model: {mine}"

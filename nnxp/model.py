@@ -12,6 +12,7 @@ import numpy as np
 from .backends import Backend, backend_of, resolve_backend
 from .history import History
 from .layers.base import Array, Layer
+from .layers.containers import LayerContainer, first_leaf, is_container, pick_initialisers
 from .losses import Loss, check_label_range, get_loss
 from .optim import Optimizer, Slot, get_optimizer
 
@@ -35,14 +36,16 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
-_GLOROT_FAMILY = {"tanh"}
-
-
-class Sequential:
+class Sequential(LayerContainer):
     """Layers applied in order, trained with mini-batch gradient descent.
 
+    A ``Sequential`` is also a layer: placed inside another one it runs as
+    one block (its parameters appear there under dotted keys such as
+    ``"3.1.weight"``, see :mod:`nnxp.layers.containers`), and the outer model
+    rebuilds it with its own backend, dtype and seed.
+
     Args:
-        layers: the layers, first to last.
+        layers: the layers, first to last (a ``Sequential`` may be one of them).
         backend: backend name (``"numpy"``, ``"cupy:1"``, ...) or
             :class:`~nnxp.Backend`; default: the current backend.
         dtype: parameter dtype, ``"float32"`` (default) or ``"float64"``.
@@ -55,7 +58,7 @@ class Sequential:
                  dtype: str = "float32", seed: int = 0) -> None:
         self.layers: list[Layer] = list(layers)
         for i, layer in enumerate(self.layers):
-            if not isinstance(layer, Layer):
+            if not isinstance(layer, Layer | LayerContainer):
                 raise TypeError(f"Sequential takes Layer instances; item {i} is {type(layer).__name__}")
         if str(dtype) not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
@@ -66,18 +69,45 @@ class Sequential:
         self.optimizer: Optimizer | None = None
         self.loss: Loss | None = None
         self.history = History()
-        self._pick_initialisers()
-        rng = np.random.default_rng(self.seed)
-        for layer in self.layers:
-            layer.build(self.backend, self.dtype, rng)
+        self.build(self.backend, self.dtype, np.random.default_rng(self.seed))
         self.infer_shape(None)
 
     # ----------------------------------------------------------- structure
     def _pick_initialisers(self) -> None:
-        """Glorot for layers followed by tanh/sigmoid, He otherwise (unless set)."""
-        for layer, nxt in zip(self.layers, [*self.layers[1:], None], strict=True):
-            family = nxt.activation_family if nxt is not None else None
-            layer.default_init = "glorot" if family in _GLOROT_FAMILY else "he"
+        """Glorot for layers followed by tanh/sigmoid, He otherwise (unless set); nested, the
+        last layer follows the choice the outer model made for this block."""
+        pick_initialisers(self.layers, getattr(self, "default_init", None))
+
+    def build(self, backend: str | Backend | None = None, dtype: Any = "float32",
+              rng: np.random.Generator | int | None = 0) -> Sequential:
+        """(Re)create every layer's arrays: the constructor does this, and an outer
+        ``Sequential`` does it again for a nested one, with its own backend, dtype and generator.
+
+        Args:
+            backend: backend name or :class:`~nnxp.Backend`.
+            dtype: ``"float32"`` or ``"float64"`` (or the backend's dtype object).
+            rng: host NumPy ``Generator`` (or a seed) the initialisers draw from.
+
+        Returns:
+            ``self``.
+        """
+        self.backend = resolve_backend(backend)
+        self.dtype = str(dtype).rsplit(".", 1)[-1]
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)
+        self._pick_initialisers()
+        for layer in self.layers:
+            layer.build(self.backend, self.dtype, rng)
+        return self
+
+    @property
+    def built(self) -> bool:
+        return True
+
+    @property
+    def xp(self) -> Any:
+        """The backend's array namespace (optimizers read it from the layers they update)."""
+        return self.backend.xp
 
     def infer_shape(self, sample_shape: tuple[int, ...] | None) -> tuple[int | None, ...] | None:
         """Check that each layer's output fits the next; return the per-sample output shape.
@@ -101,7 +131,7 @@ class Sequential:
 
     def _input_spec(self) -> tuple[int | None, ...] | None:
         """Per-sample input shape the first layer declares (``None`` entries unknown)."""
-        first = self.layers[0] if self.layers else None
+        first = first_leaf(self) if self.layers else None
         if hasattr(first, "in_features"):
             return (first.in_features,)
         if hasattr(first, "in_channels"):
@@ -109,7 +139,9 @@ class Sequential:
         return None
 
     def slots(self) -> list[Slot]:
-        """``(key, layer, name)`` for every parameter; ``key`` is ``"<layer index>.<name>"``."""
+        """``(key, layer, name)`` for every parameter; ``key`` is ``"<layer index>.<name>"``
+        (``"3.1.weight"`` for layer 1 inside the container at index 3: ``name`` is then
+        ``"1.weight"``, a key of the container's dotted ``params`` view)."""
         return [(f"{i}.{k}", layer, k) for i, layer in enumerate(self.layers) for k in layer.params]
 
     def num_params(self) -> int:
@@ -128,17 +160,28 @@ class Sequential:
             The table as one string.
         """
         shape = tuple(sample_shape) if sample_shape is not None else self._input_spec()
-        rows = []
-        width = max([24, *(len(repr(layer)) for layer in self.layers)])
-        for i, layer in enumerate(self.layers):
-            shape = layer.output_shape(shape) if shape is not None else None
-            n = sum(math.prod(p.shape) for p in layer.params.values())
-            rows.append(f"{i:>3}  {layer!r:<{width}} {shape or '?'!s:<16} {n:>10,}")
+        entries: list[tuple[str, str, Any, int]] = []
+
+        def walk(layers: list[Layer], shape: Any, prefix: str, depth: int) -> None:
+            for i, layer in enumerate(layers):
+                out = layer.output_shape(shape) if shape is not None else None
+                n = sum(math.prod(p.shape) for p in layer.params.values())
+                # a container's row names it; its children follow, indented, from the same input
+                label = "  " * depth + (type(layer).__name__ if is_container(layer) else repr(layer))
+                entries.append((f"{prefix}{i}", label, out, n))
+                if is_container(layer):
+                    walk(layer.layers, shape, f"{prefix}{i}.", depth + 1)
+                shape = out
+
+        walk(self.layers, shape, "", 0)
+        width = max([24, *(len(label) for _, label, _, _ in entries)])
+        iw = max([3, *(len(idx) for idx, _, _, _ in entries)])
+        rows = [f"{idx:>{iw}}  {label:<{width}} {out or '?'!s:<16} {n:>10,}" for idx, label, out, n in entries]
         head = f"Sequential on {self.backend.name}, {self.dtype}, seed {self.seed}"
         return "\n".join([head, *rows, f"     total parameters: {self.num_params():,}"])
 
     def __repr__(self) -> str:
-        inner = ",\n    ".join(repr(layer) for layer in self.layers)
+        inner = ",\n    ".join(repr(layer).replace("\n", "\n    ") for layer in self.layers)
         return f"Sequential([\n    {inner},\n], backend={self.backend.name!r}, dtype={self.dtype!r}, seed={self.seed})"
 
     # ----------------------------------------------------------- computing
@@ -184,6 +227,17 @@ class Sequential:
             src = backend_of(x)
         except TypeError:
             src = None
+        leaf = first_leaf(self)
+        if getattr(leaf, "takes_indices", False):  # Embedding first: integer indices stay integer
+            x = b.asarray(x)
+            if not b.xp.isdtype(x.dtype, "integral"):
+                raise TypeError(f"{what} has dtype {x.dtype}, but the first layer ({leaf!r}) takes "
+                                "integer indices. Pass token ids as integers, e.g. x.astype('int64').")
+            if x.ndim < 1 or x.shape[0] == 0:
+                raise ValueError(f"{what} must hold at least one sample along axis 0, got shape {tuple(x.shape)}")
+            leaf.check_indices(x)  # once per data set (GPU steps skip the per-batch check)
+            self.infer_shape(tuple(x.shape[1:]))
+            return x
         if src is not None and not src.xp.isdtype(x.dtype, "real floating"):
             raise TypeError(
                 f"{what} has dtype {x.dtype}; the model computes in {self.dtype}. Convert it first, "

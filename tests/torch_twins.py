@@ -63,27 +63,154 @@ def torch_layer(layer: layers.Layer) -> Any:
         return nn.Softmax(dim=-1)
     if isinstance(layer, layers.GELU):
         return nn.GELU(approximate=layer.approximate)
+    if isinstance(layer, layers.Embedding):
+        emb = nn.Embedding(layer.num_embeddings, layer.embedding_dim, dtype=th.float64)
+        with th.no_grad():
+            emb.weight.copy_(_t(layer.params["weight"]))
+        return emb
+    if isinstance(layer, layers.LayerNorm):
+        ln = nn.LayerNorm(layer.normalized_shape, eps=layer.eps, dtype=th.float64)
+        with th.no_grad():
+            ln.weight.copy_(_t(layer.params["weight"]))
+            ln.bias.copy_(_t(layer.params["bias"]))
+        return ln
+    if isinstance(layer, layers.LSTM | layers.GRU):
+        return _recurrent_twin(layer)
+    if isinstance(layer, layers.MultiHeadAttention):
+        return _attention_twin(layer)
+    if isinstance(layer, layers.Residual):
+        return _residual_twin(layer)
+    if isinstance(layer, nnxp.Sequential):
+        return torch_model(layer)
     raise NotImplementedError(f"no torch twin for {layer!r}")
+
+
+def _recurrent_twin(layer: layers.Layer) -> Any:
+    """``torch.nn.LSTM``/``GRU(batch_first=True)`` returning all steps or the last (nnxp's
+    ``return_sequences``). nnxp's weights are the transposes of ``weight_ih_l0``/``weight_hh_l0``;
+    the LSTM's single bias goes to ``bias_ih_l0`` with ``bias_hh_l0 = 0`` (their sum is what counts)."""
+    th = torch()
+
+    class Recurrent(th.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            make = th.nn.LSTM if isinstance(layer, layers.LSTM) else th.nn.GRU
+            self.rnn = make(layer.input_size, layer.hidden_size, batch_first=True, dtype=th.float64)
+            self.return_sequences = layer.return_sequences
+            with th.no_grad():
+                self.rnn.weight_ih_l0.copy_(_t(layer.params["weight_ih"]).T)
+                self.rnn.weight_hh_l0.copy_(_t(layer.params["weight_hh"]).T)
+                if isinstance(layer, layers.LSTM):
+                    self.rnn.bias_ih_l0.copy_(_t(layer.params["bias"]))
+                    self.rnn.bias_hh_l0.zero_()
+                else:
+                    self.rnn.bias_ih_l0.copy_(_t(layer.params["bias_ih"]))
+                    self.rnn.bias_hh_l0.copy_(_t(layer.params["bias_hh"]))
+
+        def forward(self, x: Any) -> Any:
+            out, _ = self.rnn(x)
+            return out if self.return_sequences else out[:, -1, :]
+
+    return Recurrent()
+
+
+def _attention_twin(layer: layers.MultiHeadAttention) -> Any:
+    """``torch.nn.MultiheadAttention(batch_first=True)`` applied as self-attention, with
+    ``generate_square_subsequent_mask`` (-inf above the diagonal) when the layer is causal."""
+    th = torch()
+
+    class SelfAttention(th.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = th.nn.MultiheadAttention(layer.embed_dim, layer.num_heads, bias=layer.use_bias,
+                                                batch_first=True, dtype=th.float64)
+            self.causal = layer.causal
+            with th.no_grad():
+                self.mha.in_proj_weight.copy_(_t(layer.params["in_proj_weight"]).T)
+                self.mha.out_proj.weight.copy_(_t(layer.params["out_proj_weight"]).T)
+                if layer.use_bias:
+                    self.mha.in_proj_bias.copy_(_t(layer.params["in_proj_bias"]))
+                    self.mha.out_proj.bias.copy_(_t(layer.params["out_proj_bias"]))
+
+        def forward(self, x: Any) -> Any:
+            mask = None
+            if self.causal:
+                mask = th.nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=th.float64)
+            return self.mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+    return SelfAttention()
+
+
+def _residual_twin(layer: layers.Residual) -> Any:
+    """``x + f(x)`` with ``f`` the ``torch.nn.Sequential`` of the children's twins."""
+    th = torch()
+
+    class Residual(th.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f = th.nn.Sequential(*[torch_layer(child) for child in layer.layers])
+
+        def forward(self, x: Any) -> Any:
+            return x + self.f(x)
+
+    return Residual()
+
+
+def _twin_tensors(layer: layers.Layer, module: Any) -> dict[str, tuple[Any, bool]]:
+    """``{nnxp name: (torch parameter, transposed?)}`` for the parameters that map one to one."""
+    if isinstance(layer, layers.Dense):
+        out = {"weight": (module.weight, True)}
+        if layer.use_bias:
+            out["bias"] = (module.bias, False)
+        return out
+    if isinstance(layer, layers.Embedding):
+        return {"weight": (module.weight, False)}
+    if isinstance(layer, layers.LayerNorm):
+        return {"weight": (module.weight, False), "bias": (module.bias, False)}
+    if isinstance(layer, layers.LSTM):  # bias: see _recurrent_twin (its gradient is bias_ih_l0's)
+        return {"weight_ih": (module.rnn.weight_ih_l0, True), "weight_hh": (module.rnn.weight_hh_l0, True),
+                "bias": (module.rnn.bias_ih_l0, False)}
+    if isinstance(layer, layers.GRU):
+        return {"weight_ih": (module.rnn.weight_ih_l0, True), "weight_hh": (module.rnn.weight_hh_l0, True),
+                "bias_ih": (module.rnn.bias_ih_l0, False), "bias_hh": (module.rnn.bias_hh_l0, False)}
+    if isinstance(layer, layers.MultiHeadAttention):
+        out = {"in_proj_weight": (module.mha.in_proj_weight, True),
+               "out_proj_weight": (module.mha.out_proj.weight, True)}
+        if layer.use_bias:
+            out["in_proj_bias"] = (module.mha.in_proj_bias, False)
+            out["out_proj_bias"] = (module.mha.out_proj.bias, False)
+        return out
+    if isinstance(layer, layers.LayerContainer):  # dotted keys, as the container's params view
+        children = module.f if isinstance(layer, layers.Residual) else module
+        return {f"{i}.{k}": v for i, (child, m) in enumerate(zip(layer.layers, children))
+                for k, v in _twin_tensors(child, m).items()}
+    return {}
 
 
 def torch_param_grads(layer: layers.Layer, module: Any) -> dict[str, np.ndarray]:
     """The twin's parameter gradients, keyed and laid out like ``layer.grads``."""
-    if isinstance(layer, layers.Dense):
-        out = {"weight": _np(module.weight.grad).T.copy()}
-        if layer.use_bias:
-            out["bias"] = _np(module.bias.grad)
-        return out
-    return {}
+    return {k: (_np(t.grad).T.copy() if tr else _np(t.grad)) for k, (t, tr) in _twin_tensors(layer, module).items()}
 
 
 def torch_params(layer: layers.Layer, module: Any) -> dict[str, np.ndarray]:
-    """The twin's parameters, keyed and laid out like ``layer.params``."""
-    if isinstance(layer, layers.Dense):
-        out = {"weight": _np(module.weight).T.copy()}
-        if layer.use_bias:
-            out["bias"] = _np(module.bias)
-        return out
-    return {}
+    """The twin's parameters, keyed and laid out like ``layer.params`` (an LSTM's bias is
+    ``bias_ih_l0 + bias_hh_l0``)."""
+    out = {k: (_np(t).T.copy() if tr else _np(t)) for k, (t, tr) in _twin_tensors(layer, module).items()}
+    if isinstance(layer, layers.LSTM):
+        out["bias"] = _np(module.rnn.bias_ih_l0 + module.rnn.bias_hh_l0)
+    elif isinstance(layer, layers.LayerContainer):
+        children = module.f if isinstance(layer, layers.Residual) else module
+        for i, (child, m) in enumerate(zip(layer.layers, children)):
+            out.update({f"{i}.{k}": v for k, v in torch_params(child, m).items()})
+    return out
+
+
+def _input(x: Any, requires_grad: bool = False) -> Any:
+    """A float64 tensor, or an int64 one (no gradient) for integer indices."""
+    host = nnxp.to_numpy(x)
+    if np.issubdtype(host.dtype, np.integer):
+        return torch().tensor(host.astype(np.int64))
+    return _t(host, requires_grad)
 
 
 def layer_twin(layer: layers.Layer, x: Any, grad_y: Any) -> dict[str, Any]:
@@ -94,10 +221,11 @@ def layer_twin(layer: layers.Layer, x: Any, grad_y: Any) -> dict[str, Any]:
         gradients in nnxp's layout.
     """
     module = torch_layer(layer)
-    xt = _t(x, requires_grad=True)
+    xt = _input(x, requires_grad=True)
     y = module(xt)
     y.backward(_t(grad_y))
-    return {"y": _np(y), "grad_x": _np(xt.grad), "grads": torch_param_grads(layer, module)}
+    grad_x = _np(xt.grad) if xt.requires_grad else None  # integer indices have none
+    return {"y": _np(y), "grad_x": grad_x, "grads": torch_param_grads(layer, module)}
 
 
 # ------------------------------------------------------------------ losses
@@ -192,7 +320,7 @@ def torch_train_steps(model: nnxp.Sequential, loss: losses.Loss, opt: optim.Opti
     for xb, yb in batches:
         topt.zero_grad()
         yt = th.tensor(yb) if np.issubdtype(yb.dtype, np.integer) else _t(yb)
-        value = fn(twin(_t(xb)), yt)
+        value = fn(twin(_input(xb)), yt)
         value.backward()
         topt.step()
         values.append(float(value.detach()))
@@ -206,7 +334,8 @@ def nnxp_train_steps(model: nnxp.Sequential, loss: losses.Loss, opt: optim.Optim
     slots = model.slots()
     values = []
     for xb, yb in batches:
-        out = model.forward(b.asarray(xb, dtype=model.dtype), training=True)
+        xd = b.asarray(xb) if np.issubdtype(xb.dtype, np.integer) else b.asarray(xb, dtype=model.dtype)
+        out = model.forward(xd, training=True)
         yd = b.asarray(yb) if np.issubdtype(yb.dtype, np.integer) else b.asarray(yb, dtype=model.dtype)
         values.append(float(loss.forward(out, yd)))
         model.backward(loss.backward())

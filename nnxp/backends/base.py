@@ -6,6 +6,9 @@ from typing import Any
 
 import numpy as np
 
+#: elements of the one-hot matrix that ``Backend.scatter_add_rows`` builds at a time
+_ONEHOT_BUDGET = 1 << 24
+
 
 class BackendUnavailableError(RuntimeError):
     """A backend's library, device or driver is missing; the message says which."""
@@ -131,6 +134,38 @@ class Backend:
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+    # ------------------------------------------------------- sequence kernels
+    def scatter_add_rows(self, indices: Any, values: Any, num_rows: int) -> Any:
+        """Sum rows of ``values`` into a table by index; repeated indices accumulate.
+
+        ``out[r] = sum(values[k] for k where indices[k] == r)``: the weight
+        gradient of an embedding lookup. The standard has no scatter-add (and
+        ``xpx.at(out)[idx].add(v)`` keeps only one of repeated indices on
+        NumPy), so the portable version multiplies by a one-hot matrix, in
+        chunks of ``indices`` that bound the one-hot's size.
+
+        Args:
+            indices: 1-D integer array, entries in ``[0, num_rows)``.
+            values: ``(len(indices), d)`` floating array.
+            num_rows: number of rows of the result.
+
+        Returns:
+            ``(num_rows, d)`` array of ``values``' dtype, on its device.
+        """
+        xp = self.xp
+        n = indices.shape[0]
+        rows = xp.reshape(xp.arange(num_rows, dtype=indices.dtype, device=values.device), (num_rows, 1))
+        chunk = max(1, _ONEHOT_BUDGET // max(1, num_rows))
+        out = None
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            onehot = xp.astype(rows == xp.reshape(indices[start:stop], (1, stop - start)), values.dtype)
+            part = onehot @ values[start:stop, ...]
+            out = part if out is None else out + part
+        if out is None:
+            out = xp.zeros((num_rows, values.shape[1]), dtype=values.dtype, device=values.device)
+        return out
 
 
 class _HostRandom:
