@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,7 @@ class Embedding(Layer):
                 f"{self!r} takes integer indices, got a {dtype_name(x.dtype)} array of shape {tuple(x.shape)}. "
                 "Pass token ids as integers (e.g. xp.astype(x, xp.int64)); an Embedding can only be the first layer."
             )
-        if x.size == 0:
+        if math.prod(x.shape) == 0:  # not x.size: a method on torch tensors
             return
         lo, hi = int(xp.min(x)), int(xp.max(x))
         if lo < 0 or hi >= self.num_embeddings:
