@@ -100,6 +100,19 @@ def test_outputs_on_backend(backend: nnxp.Backend, dtype: str, name: str, make, 
 
 
 @pytest.mark.parametrize(("name", "make", "shape", "ints"), CASES, ids=IDS)
+def test_layer_to_keeps_outputs(backend: nnxp.Backend, name: str, make, shape, ints) -> None:
+    layer = _make(make, "numpy", "float64")
+    x = _ids(shape) if ints else _x(shape)
+    ref = nnxp.to_numpy(layer(nnxp.to_device(x, "numpy")))
+    layer.to(backend)
+    assert layer.backend is backend
+    for k in layer.params:
+        assert_on(layer.params[k], backend, "float64")
+        assert_on(layer.grads[k], backend, "float64")
+    assert_close(layer(nnxp.to_device(x, backend)), ref, backend, "float64", rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "make", "shape", "ints"), CASES, ids=IDS)
 def test_config_round_trip(name: str, make, shape, ints) -> None:
     from nnxp.layers.containers import layer_from_spec, layer_spec
 
