@@ -135,7 +135,7 @@ def _attention_twin(layer: layers.MultiHeadAttention) -> Any:
         def forward(self, x: Any) -> Any:
             mask = None
             if self.causal:
-                mask = th.nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=th.float64)
+                mask = th.nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=x.dtype)
             return self.mha(x, x, x, attn_mask=mask, need_weights=False)[0]
 
     return SelfAttention()
