@@ -13,7 +13,7 @@ on-device non-finite guard (``check_finite="device"``).
 Counted: functions of the namespace and array operators and methods
 (``@``, ``+``, ``-=``, ``astype``, indexing with arrays, ...), once per call
 from outside the library. Not counted, because they launch nothing on CuPy:
-``shape``/``dtype``/``device``/``T``/``mT``, ``reshape``, basic slicing
+``shape``/``dtype``/``device``/``T``/``mT``, ``matrix_transpose``, ``reshape``, basic slicing
 (views), ``isdtype``, dtype comparisons. Host reads (``float(x)``, ``bool(x)``)
 are counted separately as syncs.
 
@@ -41,7 +41,8 @@ __all__ = ["CallCounter", "count_nnxp", "count_twin", "main", "markdown", "measu
 
 #: operations that launch nothing on a GPU array library (metadata, views)
 FREE = frozenset({
-    "shape", "dtype", "device", "ndim", "size", "T", "mT", "reshape", "isdtype", "__array_namespace__",
+    "shape", "dtype", "device", "ndim", "size", "T", "mT", "matrix_transpose", "reshape", "isdtype",
+    "__array_namespace__",
     "__len__", "__hash__", "__repr__", "__index__", "__dlpack__", "__dlpack_device__", "to_device",
 })
 #: host reads: a device-to-host copy and a wait for the queue on a GPU

@@ -15,8 +15,8 @@ from .backends import (
 )
 from .gradcheck import GradcheckError, gradcheck
 from .history import History
-from .io import CheckpointError, load, save
-from .model import NonFiniteLossError, Sequential
+from .io import CheckpointError, save
+from .model import NonFiniteLossError, Sequential, load
 
 __version__ = "0.1.0"
 

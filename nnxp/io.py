@@ -1,5 +1,9 @@
 """Checkpoints: architecture, parameters, buffers, optimizer state, dtype and
-epoch in one ``.npz`` file of little-endian arrays, written atomically."""
+epoch in one ``.npz`` file of little-endian arrays, written atomically.
+
+This module knows the file format; it never imports :mod:`nnxp.model`
+(which calls it): :func:`nnxp.load`, which builds a new model, lives there.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,20 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backends import Backend, to_numpy
+from .backends import to_numpy
+from .layers.base import Layer
 from .layers.containers import layer_from_spec, layer_spec
 from .losses import get_loss
-from .model import Sequential
 from .optim import get_optimizer
 
-__all__ = ["CheckpointError", "load", "load_into", "save"]
+if TYPE_CHECKING:  # the model calls this module, never the reverse
+    from .model import Sequential
+
+__all__ = ["CheckpointError", "build_layers", "load_into", "read", "restore", "save"]
 
 FORMAT = "nnxp-checkpoint"
 VERSION = 1
@@ -126,29 +133,38 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray
     return meta, arrays
 
 
-def load(path: str | os.PathLike, backend: str | Backend | None = None) -> Sequential:
-    """Rebuild a model saved with :func:`save`, on any backend.
+def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The metadata and the host arrays of a checkpoint, checked for format and version.
 
     Args:
         path: the checkpoint file.
-        backend: where to put the arrays (default: the current backend), so a
-            checkpoint written on CuPy loads on NumPy and the reverse.
 
     Returns:
-        The :class:`~nnxp.Sequential` with parameters, buffers, optimizer
-        state, loss, epoch and history restored.
+        ``(meta, arrays)``.
 
     Raises:
-        CheckpointError: not a checkpoint, truncated, or inconsistent.
+        CheckpointError: not a checkpoint, truncated, or written by a newer nnxp.
     """
-    meta, arrays = _read(path)
+    return _read(path)
+
+
+def build_layers(meta: dict[str, Any], path: str | os.PathLike) -> list[Layer]:
+    """Fresh (unbuilt) layers of the architecture a checkpoint's metadata describes.
+
+    Args:
+        meta: the checkpoint's metadata (from :func:`read`).
+        path: the file, for error messages.
+
+    Returns:
+        The layers, first to last.
+
+    Raises:
+        CheckpointError: a layer type is unknown or its configuration invalid.
+    """
     try:
-        layers = [layer_from_spec(spec) for spec in meta["layers"]]
+        return [layer_from_spec(spec) for spec in meta["layers"]]  # containers: with their children
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{os.fspath(path)}: cannot rebuild the layers: {exc}") from exc
-    model = Sequential(layers, backend=backend, dtype=meta["dtype"], seed=meta["seed"])
-    _restore(model, meta, arrays, os.fspath(path))
-    return model
 
 
 def load_into(model: Sequential, path: str | os.PathLike) -> Sequential:
@@ -164,11 +180,16 @@ def load_into(model: Sequential, path: str | os.PathLike) -> Sequential:
         raise CheckpointError(
             f"{os.fspath(path)} holds a different architecture:\n  saved: {saved}\n  model: {mine}"
         )
-    _restore(model, meta, arrays, os.fspath(path))
+    restore(model, meta, arrays, os.fspath(path))
     return model
 
 
-def _restore(model: Sequential, meta: dict[str, Any], arrays: dict[str, np.ndarray], path: str) -> None:
+def restore(model: Sequential, meta: dict[str, Any], arrays: dict[str, np.ndarray], path: str) -> None:
+    """Put a checkpoint's arrays, optimizer, loss, epoch and history into ``model`` (same architecture).
+
+    Raises:
+        CheckpointError: an array is missing or has the wrong shape.
+    """
     b = model.backend
     for i, layer in enumerate(model.layers):
         for store, prefix in ((layer.params, "param"), (layer.buffers, "buffer")):

@@ -3,12 +3,10 @@ and ``backward() -> dL/dy_pred``. Scalars stay on the device."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import numpy as np
-
-from .backends import BackendMismatchError, backend_of
-from .backends.numpy import workspace_of
+from .backends import Backend, BackendMismatchError, backend_of
 
 Array = Any
 
@@ -53,13 +51,28 @@ class Loss:
 
     # ---------------------------------------------------------------- checks
     _xp: Any = None
-    _type: type | None = None
+    _key: Any = None
+    _kernels: Backend | None = None
+    #: the backend whose kernels the loss uses, set by ``Sequential`` (``None``: the predictions')
+    backend: Backend | None = None
+
+    def _backend_of(self, y_pred: Array) -> Backend:
+        """The backend whose kernels compute the loss: the model's while ``Sequential``
+        sets one (so a model on ``backend.portable()`` runs portable kernels
+        everywhere), else the predictions' own, cached per array type and device (hot path)."""
+        if self.backend is not None:
+            if self._kernels is not self.backend:
+                self._kernels, self._xp, self._key = self.backend, self.backend.xp, None
+            return self.backend
+        key = (type(y_pred), y_pred.device)
+        if key != self._key:
+            self._kernels = backend_of(y_pred)
+            self._xp, self._key = self._kernels.xp, key
+        return self._kernels
 
     def _namespace(self, y_pred: Array) -> Any:
-        """The namespace of ``y_pred``, cached per array type (hot path)."""
-        if type(y_pred) is not self._type:
-            self._xp, self._type = backend_of(y_pred).xp, type(y_pred)
-        return self._xp
+        """The namespace of ``y_pred`` (see :meth:`_backend_of`)."""
+        return self._backend_of(y_pred).xp
 
     @staticmethod
     def _same_place(y_pred: Array, y_true: Array) -> None:
@@ -98,7 +111,8 @@ class MSE(Loss):
         xp = self._namespace(y_pred)
         self._check_float(y_pred, xp)
         self._diff = y_pred - (y_true if y_true.dtype == y_pred.dtype else xp.astype(y_true, y_pred.dtype))
-        self._scale = 2.0 / self._diff.size if self._diff.size else 0.0
+        size = math.prod(self._diff.shape)
+        self._scale = 2.0 / size if size else 0.0
         return xp.mean(self._diff * self._diff)
 
     def backward(self) -> Array:
@@ -127,7 +141,7 @@ class BinaryCrossEntropy(Loss):
         if y_pred.shape != y_true.shape:
             raise _shape_error("BinaryCrossEntropy", y_pred, y_true, "Give one target in {0, 1} per output.")
         t = xp.astype(y_true, y_pred.dtype)
-        self._t, self._n = t, y_pred.size
+        self._t, self._n = t, math.prod(y_pred.shape)
         if self.from_logits:
             z = y_pred
             self._z = z
@@ -152,152 +166,90 @@ class BinaryCrossEntropy(Loss):
         xp = self._namespace(y_pred)
         cut = 0.0 if self.from_logits else 0.5
         hit = (y_pred > cut) == (xp.astype(y_true, y_pred.dtype) > 0.5)
-        return xp.sum(xp.astype(hit, y_pred.dtype)) / (y_pred.size // y_pred.shape[0])
+        return xp.sum(xp.astype(hit, y_pred.dtype)) / (math.prod(y_pred.shape) // y_pred.shape[0])
 
     def config(self) -> dict[str, Any]:
         return {"from_logits": self.from_logits} if self.from_logits else {}
 
 
 class SoftmaxCrossEntropy(Loss):
-    """Softmax followed by cross-entropy, on logits; mean over the batch.
+    """Softmax followed by cross-entropy, on logits; mean over the samples.
 
-    ``y_true`` holds integer class labels ``(batch,)`` or one-hot/probability
-    rows ``(batch, classes)``. The log-sum-exp is shifted by the row maximum,
+    ``y_pred`` holds logits ``(batch, classes)``, or ``(..., classes)`` for
+    sequences (a language model's ``(batch, time, vocab)``), the mean then
+    running over every position. ``y_true`` holds integer class labels of the
+    leading shape (``(batch,)``, ``(batch, time)``) or one-hot/probability
+    rows of the logits' shape. The log-sum-exp is shifted by the row maximum,
     so logits of +-1e4 are fine. The gradient is the fused
-    ``(softmax - onehot) / batch``.
+    ``(softmax - onehot) / samples`` (the backend's ``softmax_cross_entropy``
+    kernels; on NumPy during ``fit`` the softmax lives in a buffer reused
+    from step to step and turns into the gradient in place, so
+    :meth:`backward` may then be called once per :meth:`forward`).
 
     Args:
         check_labels: verify integer labels lie in ``[0, classes)`` (one
             device reduction per call; ``fit`` validates once up front and
             turns this off for its steps).
-
-    Attributes:
-        use_fast_path: NumPy arrays with integer labels take a NumPy-specific
-            path (row indexing instead of ``take_along_axis`` and a one-hot
-            matrix; while ``reuse_buffers`` is on, the softmax lives in a buffer
-            reused from step to step and :meth:`backward`, which may then be
-            called once per :meth:`forward`, turns it into the gradient in
-            place). The numbers are the same as the portable path's. ``False``
-            keeps the portable path everywhere.
-        reuse_buffers: set by ``Sequential.fit`` during training.
     """
 
     classification = True
-    use_fast_path = True
     reuse_buffers = False
 
     def __init__(self, check_labels: bool = True) -> None:
         self.check_labels = check_labels
 
     def forward(self, y_pred: Array, y_true: Array) -> Array:
-        if (self.use_fast_path and type(y_pred) is np.ndarray and type(y_true) is np.ndarray
-                and y_pred.ndim == 2 and y_true.ndim == 1 and y_true.dtype.kind in "iu"
-                and y_pred.dtype.kind == "f"):
-            return self._forward_numpy(y_pred, y_true)
         self._same_place(y_pred, y_true)
-        xp = self._namespace(y_pred)
+        b = self._backend_of(y_pred)
+        xp = b.xp
         self._check_float(y_pred, xp)
-        if y_pred.ndim != 2:
+        if y_pred.ndim < 2:
             raise ValueError(
                 f"SoftmaxCrossEntropy expects logits of shape (batch, classes), got {tuple(y_pred.shape)}."
             )
-        n, k = y_pred.shape
-        shifted = y_pred - xp.max(y_pred, axis=1, keepdims=True)
-        e = xp.exp(shifted)
-        s = xp.sum(e, axis=1, keepdims=True)
-        self._prob = e / s
-        logsumexp = xp.log(s)
-        if y_true.ndim == 1:
+        k = y_pred.shape[-1]
+        self._shape = tuple(y_pred.shape)
+        logits = y_pred if y_pred.ndim == 2 else xp.reshape(y_pred, (-1, k))
+        n = logits.shape[0]
+        self._n = n
+        if y_true.ndim == y_pred.ndim - 1:
             if xp.isdtype(y_true.dtype, "real floating") or y_true.dtype == xp.bool:
                 raise TypeError(f"Integer class labels expected, got {y_true.dtype}; cast with xp.astype(y, xp.int64)"
                                 " or pass one-hot rows of shape (batch, classes).")
-            if y_true.shape[0] != n:
+            if tuple(y_true.shape) != self._shape[:-1]:
                 raise _shape_error("SoftmaxCrossEntropy", y_pred, y_true, "Give one label per row of logits.")
+            labels = y_true if y_true.ndim == 1 else xp.reshape(y_true, (-1,))
             if self.check_labels:
-                check_label_range(y_true, k, xp)
-            self._labels, self._onehot = y_true, None
-            picked = xp.take_along_axis(shifted, xp.reshape(y_true, (n, 1)), axis=1)
-            self._n = n
-            return xp.mean(logsumexp - picked)
-        if y_true.shape != y_pred.shape:
+                check_label_range(labels, k, xp)
+            ws = b.workspace(self) if self.reuse_buffers else None
+            value, self._prob = b.softmax_cross_entropy(logits, labels, ws)
+            self._labels, self._onehot, self._ws = labels, None, ws
+            return value
+        if tuple(y_true.shape) != self._shape:
             raise _shape_error("SoftmaxCrossEntropy", y_pred, y_true,
                                "Pass integer labels (batch,) or one-hot rows (batch, classes).")
         t = xp.astype(y_true, y_pred.dtype)
-        self._labels, self._onehot, self._n = None, t, n
-        return xp.sum(t * (logsumexp - shifted)) / n
-
-    def _forward_numpy(self, y_pred: np.ndarray, y_true: np.ndarray) -> Any:
-        """NumPy fast path of :meth:`forward` for integer labels (same arithmetic)."""
-        n, k = y_pred.shape
-        if y_true.shape[0] != n:
-            raise _shape_error("SoftmaxCrossEntropy", y_pred, y_true, "Give one label per row of logits.")
-        if self.check_labels:
-            check_label_range(y_true, k, np)
-        self._xp, self._type = np, np.ndarray
-        # ufunc reductions: what np.max/np.sum/np.mean run, without their Python wrappers
-        mx = np.maximum.reduce(y_pred, axis=1, keepdims=True)
-        if self.reuse_buffers:
-            ws = workspace_of(self)
-            shifted = np.subtract(y_pred, mx, out=ws.get("shifted", y_pred.shape, y_pred.dtype))
-            e = np.exp(shifted, out=ws.get("prob", y_pred.shape, y_pred.dtype))
-        else:
-            shifted = y_pred - mx
-            e = np.exp(shifted)
-        s = np.add.reduce(e, axis=1, keepdims=True)
-        self._prob = np.divide(e, s, out=e)
-        rows = self._rows(n)
-        self._labels, self._onehot, self._n = y_true, None, n
-        return np.add.reduce(np.log(s[:, 0]) - shifted[rows, y_true]) / n  # = mean, as np.mean computes it
-
-    _row_cache: dict[int, np.ndarray] | None = None
-
-    def _rows(self, n: int) -> np.ndarray:
-        """``arange(n)``, kept for the batch sizes seen (usually two: full and last)."""
-        cache = self._row_cache
-        if cache is None:
-            cache = self._row_cache = {}
-        rows = cache.get(n)
-        if rows is None:
-            if len(cache) > 8:
-                cache.clear()
-            rows = cache[n] = np.arange(n)
-        return rows
+        t = t if t.ndim == 2 else xp.reshape(t, (-1, k))
+        shifted = logits - xp.max(logits, axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        s = xp.sum(e, axis=1, keepdims=True)
+        self._prob = e / s
+        self._labels, self._onehot = None, t
+        return xp.sum(t * (xp.log(s) - shifted)) / n
 
     def backward(self) -> Array:
         xp = self._xp
         if self._onehot is not None:
-            return (self._prob * xp.sum(self._onehot, axis=1, keepdims=True) - self._onehot) / self._n
-        g = self._prob
-        if self.use_fast_path and type(g) is np.ndarray and type(self._labels) is np.ndarray:
-            # (softmax - onehot) / n without the one-hot matrix; in place under reuse_buffers
-            if not self.reuse_buffers:
-                g = g.copy()
-            g[self._rows(self._n), self._labels] -= 1
-            return np.divide(g, self._n, out=g)
-        n, k = g.shape
-        onehot = xp.astype(xp.reshape(self._labels, (n, 1)) == self._classes_row(xp, k, self._labels), g.dtype)
-        return (g - onehot) / n
-
-    _classes_cache: Any = None
-
-    def _classes_row(self, xp: Any, k: int, labels: Array) -> Array:
-        """``arange(k)`` as a ``(1, k)`` row of the labels' dtype and device, made once
-        (on a GPU each ``arange`` is a kernel launch, and steps are bound by their count)."""
-        row = self._classes_cache
-        if row is None or row.shape[1] != k or row.dtype != labels.dtype or row.device != labels.device:
-            row = self._classes_cache = xp.reshape(xp.arange(k, dtype=labels.dtype, device=labels.device), (1, k))
-        return row
+            g = (self._prob * xp.sum(self._onehot, axis=1, keepdims=True) - self._onehot) / self._n
+        else:
+            g = self._kernels.softmax_cross_entropy_backward(self._prob, self._labels, self._ws)
+        return g if len(self._shape) == 2 else xp.reshape(g, self._shape)
 
     def correct(self, y_pred: Array, y_true: Array) -> Array:
-        if (self.use_fast_path and type(y_pred) is np.ndarray and type(y_true) is np.ndarray
-                and y_pred.ndim == 2 and y_true.ndim == 1):
-            return y_pred.dtype.type(np.count_nonzero(y_pred.argmax(axis=1) == y_true))
-        xp = self._namespace(y_pred)
-        pred = xp.argmax(y_pred, axis=1)
-        target = y_true if y_true.ndim == 1 else xp.argmax(y_true, axis=1)
-        if target.dtype != pred.dtype:
-            target = xp.astype(target, pred.dtype)
-        return xp.sum(xp.astype(pred == target, y_pred.dtype))
+        b = self._backend_of(y_pred)
+        if y_true.ndim == y_pred.ndim:  # one-hot or probability rows
+            y_true = b.xp.argmax(y_true, axis=-1)
+        return b.count_correct(y_pred, y_true)
 
     def config(self) -> dict[str, Any]:
         return {} if self.check_labels else {"check_labels": False}

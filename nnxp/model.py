@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from . import io
 from .backends import Backend, backend_of, resolve_backend
 from .history import History
 from .layers.base import Array, Layer
@@ -16,7 +18,7 @@ from .layers.containers import LayerContainer, first_leaf, is_container, pick_in
 from .losses import Loss, check_label_range, get_loss
 from .optim import Optimizer, Slot, get_optimizer
 
-__all__ = ["NonFiniteLossError", "Sequential"]
+__all__ = ["NonFiniteLossError", "Sequential", "load"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -348,11 +350,12 @@ class Sequential(LayerContainer):
         if saved_flags[1] is not None:
             loss.check_labels = False  # validated once above
         # Layers and losses with a ``reuse_buffers`` switch may write a training step's outputs into
-        # arrays reused by the next step (NumPy fast paths): nothing here keeps them across steps.
+        # arrays reused by the next step (the backend's out= kernels): nothing here keeps them across steps.
         reusers = [o for o in (*self.layers, loss) if hasattr(type(o), "reuse_buffers")]
         saved_reuse = [o.reuse_buffers for o in reusers]
         for o in reusers:
             o.reuse_buffers = True
+        saved_loss_backend, loss.backend = loss.backend, self.backend  # the model's kernels, portable or not
         try:
             for _ in range(epochs):
                 epoch = self.epoch + 1
@@ -389,6 +392,7 @@ class Sequential(LayerContainer):
                 loss.check_labels = saved_flags[1]
             for o, flag in zip(reusers, saved_reuse):
                 o.reuse_buffers = flag
+            loss.backend = saved_loss_backend
         return self.history
 
     def _run_epoch(self, xs: Array, ys: Array, order: Array | None, loss: Loss, optimizer: Optimizer,
@@ -511,13 +515,17 @@ class Sequential(LayerContainer):
         xp = self.backend.xp
         zero = xp.zeros((), dtype=self.backend.dtype(self.dtype), device=self.backend.device)
         total, correct = zero, zero
-        for i in range(0, n, batch_size):
-            stop = min(i + batch_size, n)
-            xb, yb = x[i:stop, ...], y[i:stop, ...]
-            out = self._forward(xb, False)
-            total = total + loss.forward(out, yb) * xb.shape[0]
-            if loss.classification:
-                correct = correct + loss.correct(out, yb)
+        saved_loss_backend, loss.backend = loss.backend, self.backend
+        try:
+            for i in range(0, n, batch_size):
+                stop = min(i + batch_size, n)
+                xb, yb = x[i:stop, ...], y[i:stop, ...]
+                out = self._forward(xb, False)
+                total = total + loss.forward(out, yb) * xb.shape[0]
+                if loss.classification:
+                    correct = correct + loss.correct(out, yb)
+        finally:
+            loss.backend = saved_loss_backend
         res = {"loss": float(total) / n}
         if loss.classification:
             res["accuracy"] = float(correct) / n
@@ -542,18 +550,49 @@ class Sequential(LayerContainer):
         return self
 
     # ---------------------------------------------------------- checkpoints
-    def save(self, path: str) -> None:
-        """Write a checkpoint atomically (see :func:`nnxp.save`)."""
-        from .io import save
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a checkpoint atomically (see :func:`nnxp.save`).
 
-        save(self, path)
+        Args:
+            path: target file; conventionally ``*.npz``.
+        """
+        io.save(self, path)
 
-    def load_weights(self, path: str) -> Sequential:
+    def load_weights(self, path: str | os.PathLike) -> Sequential:
         """Load parameters, buffers, optimizer state and epoch from a checkpoint
-        of the same architecture (see :func:`nnxp.load`)."""
-        from .io import load_into
+        of the same architecture (see :func:`nnxp.load`).
 
-        return load_into(self, path)
+        Args:
+            path: the checkpoint file.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            CheckpointError: the checkpoint's layers or shapes differ from this model's.
+        """
+        return io.load_into(self, path)
+
+
+def load(path: str | os.PathLike, backend: str | Backend | None = None) -> Sequential:
+    """Rebuild a model saved with :func:`nnxp.save`, on any backend.
+
+    Args:
+        path: the checkpoint file.
+        backend: where to put the arrays (default: the current backend), so a
+            checkpoint written on CuPy loads on NumPy, torch or JAX, and the reverse.
+
+    Returns:
+        The :class:`~nnxp.Sequential` with parameters, buffers, optimizer
+        state, loss, epoch and history restored.
+
+    Raises:
+        CheckpointError: not a checkpoint, truncated, or inconsistent.
+    """
+    meta, arrays = io.read(path)
+    model = Sequential(io.build_layers(meta, path), backend=backend, dtype=meta["dtype"], seed=meta["seed"])
+    io.restore(model, meta, arrays, os.fspath(path))
+    return model
 
 
 def _tqdm() -> Any:

@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
-
-import numpy as np
 
 from .backends import Backend
 
@@ -25,14 +22,10 @@ class Optimizer:
         lr: learning rate.
         weight_decay: L2 penalty added to the gradient (``AdamW``: decoupled).
 
-    Attributes:
-        use_fast_path: on NumPy arrays, in-place updates run as ``out=``
-            ufunc calls into reusable scratch arrays (no temporaries; the same
-            operations in the same order, so the same numbers). ``False`` keeps
-            the portable path everywhere.
+    The arithmetic of each update is a kernel of the parameter's backend
+    (``sgd_update``, ``adam_update``; on NumPy in place with ``out=`` into
+    scratch buffers, the same operations in the same order).
     """
-
-    use_fast_path = True
 
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0) -> None:
         if not lr > 0:
@@ -59,11 +52,11 @@ class Optimizer:
             if st is None:
                 st = self.state[key] = self.init_state(p)
             if ok is None:
-                layer.params[name] = self.update(p, g, st, layer.xp)
+                layer.params[name] = self.update(p, g, st, layer.backend)
             else:
                 xp = layer.xp
                 old = dict(st)
-                new_p = self.update(p, g, st, xp, inplace=False)
+                new_p = self.update(p, g, st, layer.backend, inplace=False)
                 layer.params[name] = xp.where(ok, new_p, p)
                 for k in st:
                     st[k] = xp.where(ok, st[k], old[k])
@@ -72,36 +65,32 @@ class Optimizer:
         """Fresh state for parameter ``p`` (on its device)."""
         return {}
 
-    def _scratch(self, which: str, p: np.ndarray) -> np.ndarray:
-        """A scratch array shaped like ``p`` for the NumPy fast paths.
+    def update(self, p: Array, g: Array, state: dict[str, Array], backend: Backend,
+               inplace: bool = True) -> Array:
+        """The updated parameter; updates ``state``.
 
-        One flat buffer per ``which`` and dtype, as large as the largest
-        parameter, serves every parameter (updates run one after the other).
+        Args:
+            p: the parameter.
+            g: its gradient.
+            state: this parameter's optimizer state (updated).
+            backend: the parameter's backend, whose kernel does the arithmetic.
+            inplace: the parameter may be overwritten (``False`` while the old
+                value is still needed, e.g. to mask the update).
+
+        Returns:
+            The new parameter (the same array where a kernel updated it in place).
         """
-        views = self.__dict__.get("_scratch_views")
-        if views is None:
-            views = self._scratch_views = {}
-        key = (which, p.shape, p.dtype)
-        view = views.get(key)
-        if view is None:
-            flats = self.__dict__.setdefault("_scratch_flat", {})
-            flat = flats.get((which, p.dtype))
-            if flat is None or flat.size < p.size:
-                flat = flats[which, p.dtype] = np.empty(p.size, p.dtype)
-                for k in [k for k in views if k[0] == which and k[2] == p.dtype]:
-                    del views[k]  # views of the old, smaller buffer
-            view = views[key] = flat[:p.size].reshape(p.shape)
-        return view
-
-    def update(self, p: Array, g: Array, state: dict[str, Array], xp: Any, inplace: bool = True) -> Array:
-        """Return the updated parameter (in place where allowed); update ``state``."""
         raise NotImplementedError
+
+    def _ws(self, backend: Backend, inplace: bool) -> Any:
+        """Scratch buffers for in-place update kernels (``None`` where they allocate)."""
+        return backend.workspace(self) if inplace else None
 
     def to(self, backend: Backend) -> Optimizer:
         """Move the optimizer state to ``backend``."""
         for st in self.state.values():
             for k, v in st.items():
-                st[k] = backend.asarray(v)
+                st[k] = backend.asarray(v, copy=True)
         return self
 
     def config(self) -> dict[str, Any]:
@@ -140,39 +129,10 @@ class SGD(Optimizer):
             return {"velocity": backend_of(p).xp.zeros_like(p)}
         return {}
 
-    def update(self, p: Array, g: Array, state: dict[str, Array], xp: Any, inplace: bool = True) -> Array:
-        if inplace and self.use_fast_path and type(p) is np.ndarray and type(g) is np.ndarray:
-            return self._update_numpy(p, g, state)
-        if self.weight_decay:
-            g = g + self.weight_decay * p
-        if self.momentum:
-            v = self.momentum * state["velocity"] + g
-            state["velocity"] = v
-            g = g + self.momentum * v if self.nesterov else v
-        if inplace:
-            p -= self.lr * g
-            return p
-        return p - self.lr * g
-
-    def _update_numpy(self, p: np.ndarray, g: np.ndarray, state: dict[str, Array]) -> np.ndarray:
-        """NumPy fast path of :meth:`update` (in place): the same operations, no temporaries."""
-        if self.weight_decay:
-            gw = self._scratch("a", p)
-            np.multiply(p, self.weight_decay, out=gw)
-            g = np.add(g, gw, out=gw)
-        if self.momentum:
-            v = state["velocity"]
-            np.multiply(v, self.momentum, out=v)
-            np.add(v, g, out=v)
-            if self.nesterov:
-                s = self._scratch("b", p)
-                np.multiply(v, self.momentum, out=s)
-                g = np.add(g, s, out=s)
-            else:
-                g = v
-        step = self._scratch("b", p)
-        np.multiply(g, self.lr, out=step)
-        return np.subtract(p, step, out=p)
+    def update(self, p: Array, g: Array, state: dict[str, Array], backend: Backend,
+               inplace: bool = True) -> Array:
+        return backend.sgd_update(p, g, state, self.lr, self.momentum, self.nesterov, self.weight_decay,
+                                  inplace, self._ws(backend, inplace))
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -207,50 +167,10 @@ class Adam(Optimizer):
         xp = backend_of(p).xp
         return {"m": xp.zeros_like(p), "v": xp.zeros_like(p)}
 
-    def update(self, p: Array, g: Array, state: dict[str, Array], xp: Any, inplace: bool = True) -> Array:
-        if inplace and self.use_fast_path and type(p) is np.ndarray and type(g) is np.ndarray:
-            return self._update_numpy(p, g, state)
-        b1, b2 = self.betas
-        t = self.steps
-        if self.weight_decay and not self.decoupled:
-            g = g + self.weight_decay * p
-        m = state["m"] = b1 * state["m"] + (1 - b1) * g
-        v = state["v"] = b2 * state["v"] + (1 - b2) * (g * g)
-        # fold both bias corrections into the step size (host floats: no device work)
-        step = self.lr * math.sqrt(1 - b2**t) / (1 - b1**t)
-        eps = self.eps * math.sqrt(1 - b2**t)
-        delta = step * m / (xp.sqrt(v) + eps)
-        if self.weight_decay and self.decoupled:
-            delta = delta + (self.lr * self.weight_decay) * p
-        if inplace:
-            p -= delta
-            return p
-        return p - delta
-
-    def _update_numpy(self, p: np.ndarray, g: np.ndarray, state: dict[str, Array]) -> np.ndarray:
-        """NumPy fast path of :meth:`update` (in place): the same operations, no temporaries."""
-        b1, b2 = self.betas
-        t = self.steps
-        if self.weight_decay and not self.decoupled:
-            gw = self._scratch("c", p)
-            np.multiply(p, self.weight_decay, out=gw)
-            g = np.add(g, gw, out=gw)
-        a = self._scratch("a", p)
-        m = state["m"]
-        np.multiply(m, b1, out=m)
-        np.add(m, np.multiply(g, 1 - b1, out=a), out=m)
-        v = state["v"]
-        np.multiply(v, b2, out=v)
-        np.multiply(g, g, out=a)
-        np.add(v, np.multiply(a, 1 - b2, out=a), out=v)
-        step = self.lr * math.sqrt(1 - b2**t) / (1 - b1**t)
-        eps = self.eps * math.sqrt(1 - b2**t)
-        d = self._scratch("b", p)
-        np.add(np.sqrt(v, out=d), eps, out=d)
-        np.divide(np.multiply(m, step, out=a), d, out=d)
-        if self.weight_decay and self.decoupled:
-            np.add(d, np.multiply(p, self.lr * self.weight_decay, out=a), out=d)
-        return np.subtract(p, d, out=p)
+    def update(self, p: Array, g: Array, state: dict[str, Array], backend: Backend,
+               inplace: bool = True) -> Array:
+        return backend.adam_update(p, g, state, self.lr, self.betas, self.eps, self.steps, self.weight_decay,
+                                   self.decoupled, inplace, self._ws(backend, inplace))
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "betas": list(self.betas), "eps": self.eps}

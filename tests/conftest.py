@@ -1,8 +1,9 @@
 """One ``backend`` fixture drives the whole test matrix (as in SciPy's array
 API tests): numpy, array_api_strict on its default device and on ``device1``,
-and cupy (marker ``gpu``) where a CUDA device works. ``--backend NAME`` (may
-repeat) narrows the matrix; a GPU test that cannot run is skipped with the
-reason (CuPy not installed / no CUDA device / driver error)."""
+torch and jax on the CPU, and cupy, torch:cuda and jax:gpu (marker ``gpu``)
+where a CUDA device works. ``--backend NAME`` (may repeat) narrows the matrix;
+a test whose backend cannot run is skipped with the reason (library not
+installed / no CUDA device / driver error)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 import nnxp
 from nnxp.backends import BackendUnavailableError, resolve_backend
 
-ALL_BACKENDS = ["numpy", "array_api_strict", "array_api_strict:device1", "cupy"]
+ALL_BACKENDS = ["numpy", "array_api_strict", "array_api_strict:device1", "torch", "jax",
+                "cupy", "torch:cuda", "jax:gpu"]
+GPU_BACKENDS = {"cupy", "torch:cuda", "jax:gpu"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,11 +27,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "'strict' selects both array_api_strict devices",
     )
     parser.addoption("--require-gpu", action="store_true",
-                     help="fail instead of skipping when the cupy backend is unavailable")
+                     help="fail instead of skipping when a selected GPU backend is unavailable")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "gpu: needs a working CuPy/CUDA device")
+    config.addinivalue_line("markers", "gpu: needs a working CUDA device (cupy, torch:cuda, jax:gpu)")
     config.addinivalue_line("markers", "slow: trains real models (seconds to minutes)")
     config.addinivalue_line("markers", "torch: compares with a PyTorch twin")
     config.addinivalue_line("markers", "backend: parametrized over backends (set automatically)")
@@ -38,6 +41,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "backend" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.backend)
+
+
+def works(name: str) -> bool:
+    """The backend resolves here (its library imports and its device answers)."""
+    try:
+        resolve_backend(name)
+    except BackendUnavailableError:
+        return False
+    return True
 
 
 def _selected(config: pytest.Config) -> list[str]:
@@ -59,7 +71,7 @@ def _selected(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         params = [
-            pytest.param(name, marks=[pytest.mark.gpu] if name.startswith("cupy") else [], id=name)
+            pytest.param(name, marks=[pytest.mark.gpu] if name in GPU_BACKENDS else [], id=name)
             for name in _selected(metafunc.config)
         ]
         metafunc.parametrize("backend", params, indirect=True)
@@ -71,7 +83,7 @@ def backend(request: pytest.FixtureRequest) -> nnxp.Backend:
     try:
         b = resolve_backend(request.param)
     except BackendUnavailableError as exc:
-        if request.config.getoption("--require-gpu"):
+        if request.config.getoption("--require-gpu") and request.param in GPU_BACKENDS:
             pytest.fail(f"{request.param} backend required but unavailable: {exc}")
         pytest.skip(f"{request.param} unavailable: {exc}")
     with nnxp.use_backend(b):

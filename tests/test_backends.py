@@ -10,7 +10,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import ALL_BACKENDS
+from conftest import ALL_BACKENDS, GPU_BACKENDS, works
 from helpers import assert_close, assert_on
 
 import nnxp
@@ -90,13 +90,13 @@ def test_unknown_backend_lists_choices() -> None:
     with pytest.raises(ValueError, match="Unknown backend 'tensorflow'") as info:
         resolve_backend("tensorflow")
     msg = str(info.value)
-    for choice in ("numpy", "array_api_strict", "cupy"):
+    for choice in ("numpy", "array_api_strict", "cupy", "torch", "jax"):
         assert choice in msg
-    assert "cupy:1" in msg  # says how to name a device
+    assert "cupy:1" in msg and "torch:cuda" in msg  # says how to name a device
     with pytest.raises(ValueError, match="Unknown backend"):
-        nnxp.set_backend("jax")
+        nnxp.set_backend("tensorflow:gpu")
     with pytest.raises(ValueError, match="Unknown backend"):
-        nnxp.Sequential([layers.Dense(2, 1)], backend="torch")
+        nnxp.Sequential([layers.Dense(2, 1)], backend="mxnet")
 
 
 def test_unknown_device_lists_choices() -> None:
@@ -206,10 +206,10 @@ def test_model_backend_wins_over_default(fresh_default: None) -> None:
 
 
 # ---------------------------------------------------------------- transfer
-# every pair of the backends that work here (cupy joins where a CUDA device answers)
-_HERE = [n for n in ALL_BACKENDS if n != "cupy" or "cupy" in nnxp.available_backends()]
+# every pair of the backends that work here (the GPU ones join where a CUDA device answers)
+_HERE = [n for n in ALL_BACKENDS if works(n)]
 PAIRS = [
-    pytest.param(a, b, id=f"{a}->{b}", marks=[pytest.mark.gpu] if "cupy" in (a, b) else [])
+    pytest.param(a, b, id=f"{a}->{b}", marks=[pytest.mark.gpu] if {a, b} & GPU_BACKENDS else [])
     for a in _HERE for b in _HERE
 ]
 
@@ -272,8 +272,9 @@ def test_torch_tensors() -> None:
         b = resolve_backend(name)
         y = nnxp.to_device(nc, b, dtype="float64")
         assert_close(y, np.arange(6.0).reshape(2, 3).T, b, "float64", rtol=0, atol=0)
+    assert nnxp.backend_of(t) is resolve_backend("torch")  # a tensor of someone's graph is a torch array
     with pytest.raises(TypeError, match="to_device"):
-        nnxp.backend_of(t)
+        nnxp.backend_of([1.0, 2.0])
 
 
 class _DLPackOnly:

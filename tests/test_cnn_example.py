@@ -79,5 +79,9 @@ def test_tiny_cnn_same_losses_on_every_backend(cnn_example: ModuleType, backend:
         pytest.skip("CuPy draws its own dropout masks: the losses differ from NumPy's by design")
     tol = TOLERANCES["float32"]
     np.testing.assert_allclose(loss, ref_loss, **tol)
+    # torch and JAX multiply with their own BLAS (oneDNN/MKL, Eigen): other float32 rounding, which
+    # Adam's normalised steps carry into the parameters of near-zero gradients
+    same_blas = backend.kind in ("numpy", "array_api_strict")
+    ptol = {"rtol": 1e-4, "atol": 1e-5} if same_blas else {"rtol": 1e-3, "atol": 1e-4}
     for k, v in ref_params.items():
-        assert_close(params[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+        assert_close(params[k], v, err_msg=k, **ptol)

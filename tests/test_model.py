@@ -152,11 +152,20 @@ def test_fit_moves_inputs_once(backend: nnxp.Backend, monkeypatch: pytest.Monkey
     x, y = _blobs()
     xv, yv = _blobs(10, seed=2)
     moved = []
-    original = backend.from_host
+    original, original_dlpack = backend.from_host, backend.from_dlpack
+
+    def name_of(host) -> str:
+        return next((name for name, a in (("x", x), ("y", y), ("xv", xv), ("yv", yv)) if host is a), "other")
 
     def counting(host, dtype=None):
-        moved.append(next((name for name, a in (("x", x), ("y", y), ("xv", xv), ("yv", yv)) if host is a), "other"))
+        moved.append(name_of(host))
         return original(host, dtype)
+
+    def counting_dlpack(host):  # torch and CuPy import host arrays through DLPack where they can
+        out = original_dlpack(host)
+        if out is not None:
+            moved.append(name_of(host))
+        return out
 
     ref = _mlp(backend, seed=1)
     ref.fit(nnxp.to_device(x, backend), nnxp.to_device(y, backend), loss=losses.SoftmaxCrossEntropy(),
@@ -165,6 +174,7 @@ def test_fit_moves_inputs_once(backend: nnxp.Backend, monkeypatch: pytest.Monkey
             verbose=0)
     net = _mlp(backend, seed=1)
     monkeypatch.setattr(backend, "from_host", counting)
+    monkeypatch.setattr(backend, "from_dlpack", counting_dlpack)
     net.fit(x, y, loss=losses.SoftmaxCrossEntropy(), optimizer=optim.SGD(lr=0.1), epochs=3, batch_size=8,
             validation_data=(xv, yv), verbose=0)
     if backend.name != "numpy":

@@ -2,9 +2,11 @@
 
 A *backend* is an array namespace plus a device. It is named ``"name"`` or
 ``"name:device"``: ``"numpy"``, ``"cupy:1"`` (GPU 1),
-``"array_api_strict:device1"``. One module per backend lives beside this file
-(as in Thinc's ``thinc/backends``); each subclass of :class:`Backend` only
-overrides the hot spots it can do faster than the portable code.
+``"array_api_strict:device1"``, ``"torch:cuda:1"``, ``"jax:gpu"`` (the library is
+what comes before the first colon, the device what follows). One module per
+backend lives beside this file (as in Thinc's ``thinc/backends``); each
+subclass of :class:`Backend` only overrides the kernels it can do faster than
+the portable code in ``base.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "available_backends",
     "backend_of",
     "get_backend",
+    "library_of",
     "resolve_backend",
     "set_backend",
     "to_device",
@@ -40,8 +43,10 @@ _MODULES = {
     "numpy": "nnxp.backends.numpy",
     "array_api_strict": "nnxp.backends.strict",
     "cupy": "nnxp.backends.cupy",
+    "torch": "nnxp.backends.torch",
+    "jax": "nnxp.backends.jax",
 }
-_ALIASES = {"np": "numpy", "strict": "array_api_strict", "cp": "cupy"}
+_ALIASES = {"np": "numpy", "strict": "array_api_strict", "cp": "cupy", "pytorch": "torch"}
 
 _default: Backend | None = None
 _context: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
@@ -56,7 +61,7 @@ def _split(name: str) -> tuple[str, str | None]:
     if base not in _MODULES:
         raise ValueError(
             f"Unknown backend {name!r}. Choose one of {sorted(_MODULES)}, "
-            "optionally with a device, e.g. 'cupy:1' or 'array_api_strict:device1'."
+            "optionally with a device, e.g. 'cupy:1', 'torch:cuda', 'jax:gpu' or 'array_api_strict:device1'."
         )
     return base, (device.strip() or None)
 
@@ -147,8 +152,9 @@ def available_backends() -> list[str]:
     """Names of the backends that work on this machine.
 
     Returns:
-        For example ``["numpy", "array_api_strict", "cupy"]``; ``cupy`` is
-        listed only when CuPy imports and a CUDA device answers.
+        For example ``["numpy", "array_api_strict", "cupy", "torch", "jax"]``:
+        each library's default device (CPU for torch and jax, GPU 0 for
+        cupy), listed only when the library imports and that device answers.
     """
     names = []
     for name in _MODULES:
@@ -160,11 +166,32 @@ def available_backends() -> list[str]:
     return names
 
 
+def library_of(x: Any) -> str | None:
+    """The backend library an array belongs to, or ``None``.
+
+    Args:
+        x: any object.
+
+    Returns:
+        ``"numpy"``, ``"array_api_strict"``, ``"cupy"``, ``"torch"``, ``"jax"``
+        or ``None`` when ``x`` is none of their arrays. The library is told by
+        the array's type, without importing any library that is not loaded.
+    """
+    if isinstance(x, np.ndarray | np.generic):
+        return "numpy"
+    root = type(x).__module__.partition(".")[0]
+    if root in ("jax", "jaxlib"):
+        return "jax" if hasattr(x, "__array_namespace__") or hasattr(x, "device") else None
+    if root in _MODULES and root != "numpy":
+        return root
+    return None
+
+
 def backend_of(x: Any) -> Backend:
     """The backend (namespace and device) that array ``x`` lives on.
 
     Args:
-        x: a NumPy, CuPy or array_api_strict array.
+        x: a NumPy, CuPy, PyTorch, JAX or array_api_strict array.
 
     Returns:
         The matching :class:`Backend`.
@@ -172,16 +199,11 @@ def backend_of(x: Any) -> Backend:
     Raises:
         TypeError: ``x`` is not an array of a supported backend.
     """
-    if isinstance(x, np.ndarray | np.generic):
+    lib = library_of(x)
+    if lib == "numpy":
         return resolve_backend("numpy")
-    for name, modname in _MODULES.items():
-        if name == "numpy":
-            continue
-        root = type(x).__module__.split(".")[0]
-        if root != name:
-            continue
-        module = importlib.import_module(modname)
-        return module.array_backend(x)
+    if lib is not None:
+        return importlib.import_module(_MODULES[lib]).array_backend(x)
     raise TypeError(
         f"Expected an array of one of the backends {sorted(_MODULES)}, got "
         f"{type(x).__module__}.{type(x).__name__}. Convert it with nnxp.to_device(x, backend)."
@@ -193,11 +215,9 @@ def _to_host(x: Any) -> np.ndarray:
         return x
     if isinstance(x, np.generic | list | tuple | int | float | bool):
         return np.asarray(x)
-    root = type(x).__module__.split(".")[0]
-    if root in _MODULES and root != "numpy":
-        return importlib.import_module(_MODULES[root]).to_host(x)
-    if root == "torch":  # .numpy() handles non-contiguous and requires-grad tensors
-        return x.detach().cpu().numpy()
+    lib = library_of(x)
+    if lib is not None:
+        return importlib.import_module(_MODULES[lib]).to_host(x)
     try:
         return np.from_dlpack(x)
     except (TypeError, RuntimeError, BufferError, AttributeError):
@@ -209,10 +229,11 @@ def to_numpy(x: Any) -> np.ndarray:
 
     Args:
         x: an array of any backend (NumPy, CuPy, array_api_strict, PyTorch,
-            anything DLPack-capable) or a nested list.
+            JAX, anything DLPack-capable) or a nested list.
 
     Returns:
-        A NumPy array with the same dtype and shape.
+        A NumPy array with the same dtype and shape (a view where the library
+        allows one on the CPU; a writable copy of a JAX array).
     """
     return _to_host(x)
 
@@ -229,7 +250,10 @@ def to_device(x: Any, backend: str | Backend | None = None, dtype: Any = None) -
 
     Returns:
         An array of the target backend on its device. An array already there
-        is returned as is (no copy) when no dtype change is asked for.
+        is returned as is (no copy) when no dtype change is asked for; between
+        libraries on one device the array moves through DLPack and may share
+        memory with ``x`` (like ``asarray``), except to or from JAX, whose
+        arrays are immutable: those moves always copy.
     """
     target = resolve_backend(backend)
     return target.asarray(x, dtype=dtype)

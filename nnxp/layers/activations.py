@@ -6,9 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
-from ..backends.numpy import workspace_of
 from .base import Array, Layer
 
 
@@ -25,57 +22,21 @@ class _Activation(Layer):
 class ReLU(_Activation):
     """``max(x, 0)``; NaN stays NaN (as in PyTorch), so ``fit``'s finite check sees it.
 
-    Attributes:
-        use_fast_path: on the NumPy backend, compute the gradient as
-            ``grad * mask`` (``where`` is several times slower there on random
-            masks; the two differ only where the incoming gradient is already
-            inf/NaN) and, while ``reuse_buffers`` is on, write the output, the
-            mask and the gradient into arrays reused from step to step.
-            ``False`` keeps the portable path everywhere.
-        reuse_buffers: set by ``Sequential.fit`` during training.
+    The backend's ``relu`` / ``relu_backward`` kernels do the work (on NumPy
+    the gradient is ``grad * mask``, which differs from the portable ``where``
+    only where the incoming gradient is already inf/NaN).
     """
 
     activation_family = "relu"
-    use_fast_path = True
-    reuse_buffers = False
-    _zero: Array = None
 
     def forward(self, x: Array, training: bool = True) -> Array:
         if self.backend is None:
             self._build_from(x)
-        if self.use_fast_path and type(x) is np.ndarray and self.backend.kind == "numpy":
-            if self.reuse_buffers and training:
-                ws = workspace_of(self)
-                self._mask = np.greater(x, 0, out=ws.get("mask", x.shape, np.bool_))
-                return np.maximum(x, 0, out=ws.get("y", x.shape, x.dtype))
-            self._mask = x > 0
-            return np.maximum(x, 0)
-        return self._forward(x)
-
-    def _zero_like(self, x: Array) -> Array:
-        """A 0-d zero of ``x``'s dtype and device, made once (not per call: on a GPU that is a kernel)."""
-        z = self._zero
-        if z is None or z.dtype != x.dtype or z.device != x.device:
-            z = self._zero = self.xp.zeros((), dtype=x.dtype, device=x.device)
-        return z
-
-    def _forward(self, x: Array) -> Array:
-        self._mask = x > 0
-        # maximum, not where(x > 0, x, 0): that would turn NaN into 0 and hide it
-        return self.xp.maximum(x, self._zero_like(x))
+        y, self._mask = self.backend.relu(x, self.workspace(training))
+        return y
 
     def backward(self, grad_y: Array) -> Array:
-        mask = self._mask
-        if self.use_fast_path and type(grad_y) is np.ndarray and type(mask) is np.ndarray:
-            if self.reuse_buffers:
-                return np.multiply(grad_y, mask, out=workspace_of(self).get("g", grad_y.shape, grad_y.dtype))
-            return grad_y * mask
-        return self.xp.where(mask, grad_y, self._zero_like(grad_y))
-
-    def moved(self, backend: Any) -> None:
-        super().moved(backend)
-        self._zero = None
-        workspace_of(self).clear()
+        return self.backend.relu_backward(grad_y, self._mask, self.workspace())
 
 
 class LeakyReLU(_Activation):

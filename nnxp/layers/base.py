@@ -34,6 +34,9 @@ class Layer:
     #: ``Sequential.fit`` sets this False on the first layer: its ``backward``
     #: may then skip the input gradient (nobody needs it) and return ``None``
     need_input_grad: bool = True
+    #: ``Sequential.fit`` sets this True for its steps: a training step's outputs may then be
+    #: written into buffers the next step overwrites (the backend's ``out=`` kernels)
+    reuse_buffers: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -117,6 +120,16 @@ class Layer:
         """
         raise NotImplementedError
 
+    def workspace(self, training: bool = True) -> Any:
+        """The buffers this layer's kernels may reuse in a training step, or ``None``.
+
+        Only while ``reuse_buffers`` is on (``Sequential.fit``) and only on
+        backends with ``out=`` kernels (NumPy); everywhere else kernels allocate.
+        """
+        if not (training and self.reuse_buffers):
+            return None
+        return self.backend.workspace(self)
+
     def __call__(self, x: Array, training: bool = True) -> Array:
         # not ``__call__ = forward``: that would bind this abstract method, not the subclass's
         return self.forward(x, training)
@@ -152,10 +165,12 @@ class Layer:
             return self.build(target)
         for store in (self.params, self.grads, self.buffers):
             for k, v in store.items():
-                store[k] = target.asarray(v)
-        if self.built:
-            self.dtype = target.dtype(str(self.dtype).rsplit(".", 1)[-1])
+                store[k] = target.asarray(v, copy=True)  # never share a buffer with the old backend
+        self.dtype = target.dtype(str(self.dtype).rsplit(".", 1)[-1])
         self.backend, self.xp = target, target.xp
+        ws = getattr(self, "_workspace", None)
+        if ws is not None:
+            ws.clear()
         self.moved(target)
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,7 @@ class BatchNorm(Layer):
             self._cache = {"training": False, "x": x, "mean": mean, "invstd": invstd, "scale": scale,
                            "axes": axes}
             return x * scale + (beta - mean * scale)
-        n = x.size // self.num_features
+        n = math.prod(x.shape) // self.num_features
         if n < 2:
             raise ValueError(
                 f"{self!r} needs more than one value per channel in training, "

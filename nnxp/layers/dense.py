@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.numpy import workspace_of
 from ..init import Initializer, get_initializer
 from .base import Array, Layer
 
@@ -22,18 +21,9 @@ class Dense(Layer):
             ``None`` lets :class:`~nnxp.Sequential` pick He before ReLU-family
             activations and Glorot before tanh/sigmoid (He when standalone).
 
-    Attributes:
-        use_fast_path: on the NumPy backend, let training steps write the
-            output, the input gradient and the parameter gradients with
-            ``out=`` into arrays reused from step to step (only while
-            ``reuse_buffers`` is on, which ``Sequential.fit`` does for its
-            steps). ``False`` keeps the portable path everywhere.
-        reuse_buffers: set by ``Sequential.fit`` during training: outputs of a
-            training step may be overwritten by the next one.
+    The products are the backend's ``linear`` / ``linear_backward`` kernels
+    (on NumPy, during ``fit``, written into buffers reused from step to step).
     """
-
-    use_fast_path = True
-    reuse_buffers = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  init: str | Initializer | None = None) -> None:
@@ -69,56 +59,15 @@ class Dense(Layer):
                 f"nnxp.datasets.scale(x) for uint8 images or xp.astype(x, xp.{str(self.dtype).rsplit('.', 1)[-1]})."
             )
         self._x = x
-        w = self.params["weight"]
-        if (self.reuse_buffers and training and self.use_fast_path and type(x) is np.ndarray
-                and type(w) is np.ndarray and x.ndim == 2):  # NumPy fast path: no allocation
-            y = np.matmul(x, w, out=workspace_of(self).get("y", (x.shape[0], self.out_features), w.dtype))
-        else:
-            y = x @ w
-        if self.use_bias:
-            y += self.params["bias"]
-        return y
+        return self.backend.linear(x, self.params["weight"], self.params.get("bias"), self.workspace(training))
 
     def backward(self, grad_y: Array) -> Array:
-        x = self._x
-        if (self.reuse_buffers and self.use_fast_path and type(grad_y) is np.ndarray and type(x) is np.ndarray
-                and x.ndim == 2):
-            return self._backward_numpy(x, grad_y)
-        if x.ndim == 2:
-            self.grads["weight"] = self.xp.matmul(x.mT, grad_y)
-            if self.use_bias:
-                self.grads["bias"] = self.xp.sum(grad_y, axis=0)
-        else:  # leading batch axes: fold them into one
-            x2 = self.xp.reshape(x, (-1, self.in_features))
-            g2 = self.xp.reshape(grad_y, (-1, self.out_features))
-            self.grads["weight"] = x2.mT @ g2
-            if self.use_bias:
-                self.grads["bias"] = self.xp.sum(g2, axis=0)
-        if not self.need_input_grad:
-            return None
-        return grad_y @ self.params["weight"].mT
-
-    def _backward_numpy(self, x: np.ndarray, grad_y: np.ndarray) -> np.ndarray | None:
-        """NumPy fast path of :meth:`backward`: the same products, written into
-        the existing gradient arrays and a reused input-gradient buffer."""
-        w, grads = self.params["weight"], self.grads
-        gw = grads.get("weight")
-        if type(gw) is not np.ndarray or gw.shape != w.shape or gw.dtype != w.dtype:
-            gw = grads["weight"] = np.empty_like(w)
-        np.matmul(x.T, grad_y, out=gw)
-        if self.use_bias:
-            b = self.params["bias"]
-            gb = grads.get("bias")
-            if type(gb) is not np.ndarray or gb.shape != b.shape or gb.dtype != b.dtype:
-                gb = grads["bias"] = np.empty_like(b)
-            np.add.reduce(grad_y, axis=0, out=gb)  # np.sum without its Python wrapper
-        if not self.need_input_grad:
-            return None
-        return np.matmul(grad_y, w.T, out=workspace_of(self).get("gx", x.shape, grad_y.dtype))
-
-    def moved(self, backend: Any) -> None:
-        super().moved(backend)
-        workspace_of(self).clear()
+        gw, gb, gx = self.backend.linear_backward(self._x, self.params["weight"], grad_y, self.use_bias,
+                                                  self.need_input_grad, self.grads, self.workspace())
+        self.grads["weight"] = gw
+        if gb is not None:
+            self.grads["bias"] = gb
+        return gx
 
     def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         if not input_shape or input_shape[-1] not in (None, self.in_features):

@@ -23,8 +23,11 @@ class Embedding(Layer):
 
     Out-of-range indices raise ``IndexError``. The check reads two numbers on
     the host, so ``forward`` makes it only on backends where that costs nothing
-    (``backend.sync_free``, the CPU ones); :class:`~nnxp.Sequential` checks a
-    whole data set once when ``fit``/``predict``/``evaluate`` receive it.
+    (``backend.sync_free``: NumPy, array_api_strict, torch on the CPU);
+    :class:`~nnxp.Sequential` checks a whole data set once when
+    ``fit``/``predict``/``evaluate`` receive it. Used on its own on a GPU or on
+    JAX, call :meth:`check_indices` yourself: there an unchecked bad index is
+    not caught (JAX's ``take`` clips it).
 
     Args:
         num_embeddings: number of rows (vocabulary size); indices lie in ``[0, num_embeddings)``.

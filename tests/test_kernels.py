@@ -1,25 +1,28 @@
-"""The NumPy fast paths (``use_fast_path``, ``reuse_buffers``) give the numbers
-the portable path gives.
+"""The kernel layer: every backend override computes what the portable kernel computes.
 
-Dense, ReLU, SoftmaxCrossEntropy, SGD and Adam have NumPy-specific code
-selected by the array type (Thinc-style: the generic array-API code stays and
-is what every other backend runs). These tests train and step the same models
-with the fast paths on, with them switched off (``use_fast_path = False``) and
-on the strict backend (generic code by construction), and compare.
+Layers, losses and optimizers call kernels of their backend (``linear``,
+``relu``, ``softmax_cross_entropy``, ``sgd_update``, ...). ``backends/base.py``
+holds the portable versions; NumPy (``out=`` into reused buffers) and torch
+(its own functions, in-place updates) override some. ``Backend.portable()``
+gives the same backend with every kernel portable, so each test here runs the
+same thing on both and compares: kernel by kernel, layer by layer, and whole
+training runs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TOLERANCES
+from conftest import TOLERANCES, works
 
 import nnxp
 from nnxp import layers, losses, optim
-from nnxp.backends import BackendUnavailableError, resolve_backend
-from nnxp.backends.numpy import Workspace
+from nnxp.backends import Backend, resolve_backend
+from nnxp.backends.base import Workspace
 
-FAST_CLASSES = (layers.Dense, layers.ReLU, losses.SoftmaxCrossEntropy, optim.Optimizer)
+#: backends whose modules override kernels (the others run the portable ones by construction)
+FAST = [pytest.param(name, id=name) for name in ("numpy", "torch")
+        if works(name) and type(resolve_backend(name)) is not Backend]
 
 OPTIMIZERS = {
     "sgd": lambda: optim.SGD(lr=0.1),
@@ -31,15 +34,13 @@ OPTIMIZERS = {
 }
 
 
-@pytest.fixture
-def generic(monkeypatch: pytest.MonkeyPatch):
-    """Call ``generic()`` to switch every NumPy fast path off for the rest of the test."""
+def _kernels_overridden(b: Backend) -> list[str]:
+    """Names of the kernels ``b``'s class overrides."""
+    from nnxp.backends.base import _NOT_KERNELS
 
-    def switch_off() -> None:
-        for cls in FAST_CLASSES:
-            monkeypatch.setattr(cls, "use_fast_path", False)
-
-    return switch_off
+    return [name for name, fn in vars(Backend).items()
+            if callable(fn) and not name.startswith("_") and name not in _NOT_KERNELS
+            and name not in ("portable", "workspace", "check", "zero") and getattr(type(b), name) is not fn]
 
 
 def _data(n: int = 300, features: int = 20, classes: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -49,19 +50,20 @@ def _data(n: int = 300, features: int = 20, classes: int = 5, seed: int = 0) -> 
     return x, y
 
 
-def _mlp(backend: str, dtype: str = "float32", seed: int = 3) -> nnxp.Sequential:
+def _mlp(backend: str | Backend, dtype: str = "float32", seed: int = 3) -> nnxp.Sequential:
     return nnxp.Sequential([layers.Dense(20, 32), layers.ReLU(), layers.Dense(32, 16), layers.ReLU(),
                             layers.Dense(16, 5)], backend=backend, dtype=dtype, seed=seed)
 
 
-def _train(backend: str, opt: str, dtype: str = "float32", epochs: int = 3, batch_size: int = 32,
+def _train(backend: str | Backend, opt: str, dtype: str = "float32", epochs: int = 3, batch_size: int = 32,
            validation: bool = False) -> tuple[dict, dict[str, np.ndarray], nnxp.Sequential]:
     x, y = _data()
     net = _mlp(backend, dtype)
     kw = {"validation_data": _data(64, seed=1)} if validation else {}
     hist = net.fit(x.astype(dtype), y, loss=losses.SoftmaxCrossEntropy(), optimizer=OPTIMIZERS[opt](),
                    epochs=epochs, batch_size=batch_size, verbose=0, **kw)
-    params = {f"{i}.{k}": nnxp.to_numpy(v) for i, layer in enumerate(net.layers) for k, v in layer.params.items()}
+    params = {f"{i}.{k}": np.array(nnxp.to_numpy(v), copy=True)  # a snapshot: fit may update in place
+              for i, layer in enumerate(net.layers) for k, v in layer.params.items()}
     return dict(hist.history), params, net
 
 
@@ -79,42 +81,54 @@ def _assert_same_training(a: tuple, b: tuple, dtype: str) -> None:
 
 def _strict(device: str | None = None) -> str:
     name = "array_api_strict" + (f":{device}" if device else "")
-    try:
-        resolve_backend(name)
-    except BackendUnavailableError as exc:
-        pytest.skip(f"{name} unavailable: {exc}")
+    if not works(name):
+        pytest.skip(f"{name} unavailable")
     return name
 
 
+def test_portable_twin_is_equal_but_runs_the_portable_kernels() -> None:
+    b = resolve_backend("numpy")
+    p = b.portable()
+    assert p == b and p.name == b.name and p.xp is b.xp and p.device == b.device
+    assert type(p) is Backend and p.portable() is p
+    assert p.owns(np.ones(2)) and p.sync_free == b.sync_free
+    assert p.workspace(object()) is None  # portable kernels never write into buffers
+    assert {"linear", "linear_backward", "relu", "relu_backward", "softmax_cross_entropy", "sgd_update",
+            "adam_update"} <= set(_kernels_overridden(b))
+
+
 # ------------------------------------------------------------------ whole training runs
+@pytest.mark.parametrize("name", FAST)
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_fit_fast_equals_generic(opt: str, dtype: str, generic) -> None:
+def test_fit_fast_equals_portable(name: str, opt: str, dtype: str) -> None:
     # 300 samples / batch 32: the last batch (12) is smaller, so buffers are also used as views
-    fast = _train("numpy", opt, dtype)
-    generic()
-    slow = _train("numpy", opt, dtype)
+    b = resolve_backend(name)
+    fast = _train(b, opt, dtype)
+    slow = _train(b.portable(), opt, dtype)
     _assert_same_training(fast, slow, dtype)
 
 
 @pytest.mark.parametrize("device", [None, "device1"])
 @pytest.mark.parametrize("opt", ["sgd", "momentum", "adamw"])
-def test_fit_fast_equals_strict(opt: str, device: str | None) -> None:
+def test_fit_numpy_equals_strict(opt: str, device: str | None) -> None:
     strict = _strict(device)
     _assert_same_training(_train("numpy", opt), _train(strict, opt), "float32")
 
 
-def test_fit_with_validation_and_resume(generic) -> None:
+@pytest.mark.parametrize("name", FAST)
+def test_fit_with_validation_and_resume(name: str) -> None:
     # evaluate() runs between epochs with the loss's buffers still switched on; a second fit resumes
-    fast = _train("numpy", "momentum", validation=True)
+    b = resolve_backend(name)
+    fast = _train(b, "momentum", validation=True)
     fast[2].fit(*_data(), epochs=1, batch_size=50, verbose=0)
-    generic()
-    slow = _train("numpy", "momentum", validation=True)
+    slow = _train(b.portable(), "momentum", validation=True)
     slow[2].fit(*_data(), epochs=1, batch_size=50, verbose=0)
     _assert_same_training(fast, slow, "float32")
     for layer_f, layer_s in zip(fast[2].layers, slow[2].layers):
         for k in layer_f.params:
-            np.testing.assert_allclose(layer_f.params[k], layer_s.params[k], **TOLERANCES["float32"])
+            np.testing.assert_allclose(nnxp.to_numpy(layer_f.params[k]), nnxp.to_numpy(layer_s.params[k]),
+                                       **TOLERANCES["float32"])
 
 
 def test_fit_restores_reuse_flags_and_outputs_stay_valid() -> None:
@@ -144,51 +158,50 @@ def test_fit_step_outputs_are_reused() -> None:
 
 
 # ------------------------------------------------------------------ layer by layer
+@pytest.mark.parametrize("name", FAST)
 @pytest.mark.parametrize("reuse", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_dense_relu_loss_step_fast_equals_generic(reuse: bool, dtype: str, generic) -> None:
+def test_dense_relu_loss_step_fast_equals_portable(name: str, reuse: bool, dtype: str) -> None:
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((7, 6)).astype(dtype)
-    y = rng.integers(0, 4, 7)
+    b = resolve_backend(name)
+    x = b.asarray(rng.standard_normal((7, 6)), dtype=dtype)
+    y = b.asarray(rng.integers(0, 4, 7))
 
-    def run() -> list[np.ndarray]:
+    def run(backend: Backend) -> list[np.ndarray]:
         dense, relu, head = layers.Dense(6, 5), layers.ReLU(), layers.Dense(5, 4)
         loss = losses.SoftmaxCrossEntropy()
+        loss.backend = backend
         for i, layer in enumerate((dense, relu, head)):
-            layer.build("numpy", dtype, i)
+            layer.build(backend, dtype, i)
             layer.reuse_buffers = reuse
         loss.reuse_buffers = reuse
         h = relu.forward(dense.forward(x, True), True)
         z = head.forward(h, True)
-        out = [z.copy(), np.asarray(loss.forward(z, y)), np.asarray(loss.correct(z, y))]
-        g = loss.backward()
-        out.append(g.copy())
-        g = relu.backward(head.backward(g))
-        out += [g.copy(), dense.backward(g).copy()]
-        out += [layer.grads[k].copy() for layer in (dense, head) for k in ("weight", "bias")]
-        return out
+        out = [z, loss.forward(z, y), loss.correct(z, y)]
+        out.append(loss.backward())
+        g = relu.backward(head.backward(out[-1]))
+        out += [g, dense.backward(g)]
+        out += [layer.grads[k] for layer in (dense, head) for k in ("weight", "bias")]
+        return [np.array(nnxp.to_numpy(a), copy=True) for a in out]  # copies: buffers get reused
 
-    fast = run()
-    generic()
-    slow = run()
-    for i, (a, b) in enumerate(zip(fast, slow)):
-        assert a.dtype == b.dtype and a.shape == b.shape, i
-        np.testing.assert_allclose(a, b, err_msg=str(i), **TOLERANCES[dtype])
+    fast = run(b)
+    slow = run(b.portable())
+    for i, (f, s) in enumerate(zip(fast, slow)):
+        assert f.dtype == s.dtype and f.shape == s.shape, i
+        np.testing.assert_allclose(f, s, err_msg=str(i), **TOLERANCES[dtype])
 
 
-def test_relu_fast_path_keeps_nan_and_masks_gradient(generic) -> None:
-    x = np.array([[-1.0, 0.0, 2.0, np.nan]], dtype=np.float32)
-    g = np.array([[5.0, 6.0, 7.0, 8.0]], dtype=np.float32)
-    for reuse in (False, True):
-        relu = layers.ReLU()
-        relu.reuse_buffers = reuse
-        y = relu.forward(x, True)
-        np.testing.assert_array_equal(y, [[0.0, 0.0, 2.0, np.nan]])
-        np.testing.assert_array_equal(relu.backward(g), [[0.0, 0.0, 7.0, 0.0]])
-    generic()
-    relu = layers.ReLU()
-    np.testing.assert_array_equal(relu.forward(x, True), [[0.0, 0.0, 2.0, np.nan]])
-    np.testing.assert_array_equal(relu.backward(g), [[0.0, 0.0, 7.0, 0.0]])
+@pytest.mark.parametrize("name", FAST)
+def test_relu_kernels_keep_nan_and_mask_gradient(name: str) -> None:
+    b = resolve_backend(name)
+    x = b.asarray(np.array([[-1.0, 0.0, 2.0, np.nan]], dtype=np.float32))
+    g = b.asarray(np.array([[5.0, 6.0, 7.0, 8.0]], dtype=np.float32))
+    for backend in (b, b.portable()):
+        for reuse in (False, True):
+            relu = layers.ReLU().build(backend)
+            relu.reuse_buffers = reuse
+            np.testing.assert_array_equal(nnxp.to_numpy(relu.forward(x, True)), [[0.0, 0.0, 2.0, np.nan]])
+            np.testing.assert_array_equal(nnxp.to_numpy(relu.backward(g)), [[0.0, 0.0, 7.0, 0.0]])
 
 
 def test_loss_fast_path_keeps_its_checks() -> None:
@@ -205,32 +218,35 @@ def test_loss_fast_path_keeps_its_checks() -> None:
     np.testing.assert_array_equal(loss.backward(), loss.backward())
 
 
+@pytest.mark.parametrize("name", FAST)
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
-def test_optimizer_update_fast_equals_generic(opt: str, generic) -> None:
+@pytest.mark.parametrize("masked", [False, True])
+def test_optimizer_update_fast_equals_portable(name: str, opt: str, masked: bool) -> None:
     rng = np.random.default_rng(5)
     shapes = {"0.weight": (6, 5), "0.bias": (5,), "1.weight": (5, 3), "1.bias": (3,)}
     grads = [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(4)]
     start = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    b = resolve_backend(name)
 
-    def run() -> dict[str, np.ndarray]:
-        ls = [layers.Dense(6, 5).build("numpy"), layers.Dense(5, 3).build("numpy")]
+    def run(backend: Backend) -> dict[str, np.ndarray]:
+        ls = [layers.Dense(6, 5).build(backend), layers.Dense(5, 3).build(backend)]
         slots = [(f"{i}.{k}", layer, k) for i, layer in enumerate(ls) for k in layer.params]
         for key, layer, k in slots:
-            layer.params[k] = start[key].copy()
+            layer.params[k] = backend.asarray(start[key], copy=True)
         o = OPTIMIZERS[opt]()
+        ok = backend.xp.asarray(True, device=backend.device) if masked else None  # fit's device guard
         for g in grads:
             for key, layer, k in slots:
-                layer.grads[k] = g[key].copy()
-            o.step(slots)
+                layer.grads[k] = backend.asarray(g[key], copy=True)
+            o.step(slots, ok)
             for key, layer, k in slots:  # the gradients are left as they were
-                np.testing.assert_array_equal(layer.grads[k], g[key])
+                np.testing.assert_array_equal(nnxp.to_numpy(layer.grads[k]), g[key])
         out = {key: layer.params[k] for key, layer, k in slots}
         out.update({f"{key}/{s}": v for key, st in o.state.items() for s, v in st.items()})
-        return out
+        return {k: np.array(nnxp.to_numpy(v), copy=True) for k, v in out.items()}
 
-    fast = run()
-    generic()
-    slow = run()
+    fast = run(b)
+    slow = run(b.portable())
     assert fast.keys() == slow.keys()
     for k in fast:
         np.testing.assert_allclose(fast[k], slow[k], err_msg=k, **TOLERANCES["float32"])
@@ -238,7 +254,7 @@ def test_optimizer_update_fast_equals_generic(opt: str, generic) -> None:
 
 # ------------------------------------------------------------------ Workspace
 def test_workspace_reuses_and_views() -> None:
-    ws = Workspace()
+    ws = Workspace(np.empty)
     a = ws.get("y", (8, 3), np.float32)
     assert ws.get("y", (8, 3), np.float32) is a
     b = ws.get("y", (5, 3), np.float32)  # a smaller last batch: a view of the same memory
@@ -249,5 +265,9 @@ def test_workspace_reuses_and_views() -> None:
     d = ws.get("y", (16, 3), np.float64)
     assert d.shape == (16, 3)
     assert ws.nbytes() == d.nbytes
+    e = ws.scratch("a", (4, 5), np.float32)
+    f = ws.scratch("a", (3,), np.float32)  # one flat buffer serves arrays used one after the other
+    assert e.shape == (4, 5) and f.shape == (3,) and np.shares_memory(e, f)
+    assert ws.nbytes() == d.nbytes + e.nbytes
     ws.clear()
     assert ws.nbytes() == 0
