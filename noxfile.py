@@ -6,6 +6,7 @@ registry, and one shared environment keeps CI fast on two cores.
 
     nox                      # what this machine can run (tests-cupy only where a GPU works)
     nox -s tests-cupy        # fails loudly without a working CUDA device
+    nox -s tests-torch-cuda tests-jax-gpu   # likewise, for torch and JAX on CUDA
     nox -s bench -- --backend cupy
 """
 
@@ -17,23 +18,23 @@ nox.options.default_venv_backend = "none"
 nox.options.error_on_missing_interpreters = False
 
 
-def _cupy_status() -> str | None:
-    """None when a CUDA device works through CuPy, else why not."""
+def _status(backend: str) -> str | None:
+    """None when ``backend`` works here (library importable, device answering), else why not."""
     try:
         from nnxp.backends import BackendUnavailableError, resolve_backend
-    except ImportError as exc:  # nnxp not installed: say so rather than hide the GPU session
+    except ImportError as exc:  # nnxp not installed: say so rather than hide the session
         return f"nnxp is not importable ({exc}); pip install -e '.[dev]'"
     try:
-        resolve_backend("cupy")
+        resolve_backend(backend)
     except BackendUnavailableError as exc:
         return str(exc)
     return None
 
 
-_DEFAULT = ["tests-numpy", "tests-strict", "lint"]
-if _cupy_status() is None:
-    _DEFAULT.insert(2, "tests-cupy")
-nox.options.sessions = _DEFAULT
+_GPU_SESSIONS = {"tests-cupy": "cupy", "tests-torch-cuda": "torch:cuda", "tests-jax-gpu": "jax:gpu"}
+_DEFAULT = ["tests-numpy", "tests-strict", "tests-torch", "tests-jax"]
+_DEFAULT += [name for name, backend in _GPU_SESSIONS.items() if _status(backend) is None]
+nox.options.sessions = [*_DEFAULT, "lint"]
 
 
 def _pytest(session: nox.Session, backends: list[str], *extra: str) -> None:
@@ -54,13 +55,45 @@ def tests_strict(session: nox.Session) -> None:
     _pytest(session, ["strict"], "-m", "backend and not slow")
 
 
+def _backend_session(session: nox.Session, backend: str, marker: str = "backend and not slow", *extra: str) -> None:
+    """The backend-parametrized tests on one backend; errors out (not skips) when it does not work.
+
+    Backend-free tests already ran in tests-numpy; on the CPU the slow ones (real training runs)
+    did too, while a GPU session runs them on its device."""
+    why = _status(backend)
+    if why is not None:
+        session.error(f"{session.name} needs the {backend} backend: {why}")
+    _pytest(session, [backend], "-m", marker, *extra)
+
+
+@nox.session(name="tests-torch")
+def tests_torch(session: nox.Session) -> None:
+    """The backend-parametrized tests on PyTorch's CPU tensors (install the CPU build, see README)."""
+    _backend_session(session, "torch")
+
+
+@nox.session(name="tests-jax")
+def tests_jax(session: nox.Session) -> None:
+    """The backend-parametrized tests on JAX's CPU arrays (immutable, dispatched asynchronously)."""
+    _backend_session(session, "jax")
+
+
 @nox.session(name="tests-cupy")
 def tests_cupy(session: nox.Session) -> None:
     """The suite on CuPy; errors out (not skips) when no CUDA device works."""
-    why = _cupy_status()
-    if why is not None:
-        session.error(f"tests-cupy needs a working CuPy/CUDA device: {why}")
-    _pytest(session, ["cupy"], "-m", "backend", "--require-gpu")
+    _backend_session(session, "cupy", "backend", "--require-gpu")
+
+
+@nox.session(name="tests-torch-cuda")
+def tests_torch_cuda(session: nox.Session) -> None:
+    """The backend-parametrized tests on torch:cuda; errors out when no CUDA device works."""
+    _backend_session(session, "torch:cuda", "backend", "--require-gpu")
+
+
+@nox.session(name="tests-jax-gpu")
+def tests_jax_gpu(session: nox.Session) -> None:
+    """The backend-parametrized tests on jax:gpu; errors out when JAX sees no GPU."""
+    _backend_session(session, "jax:gpu", "backend", "--require-gpu")
 
 
 @nox.session

@@ -12,10 +12,15 @@ Contenders:
 * ``nnxp``: ``Sequential.fit(epochs=1, verbose=0)`` on ``--backend``; the data
   are moved to the backend once, outside the timing (``fit`` then moves nothing).
 * ``twin``: the same arithmetic written by hand on the same array library
-  (NumPy on the CPU, CuPy on the GPU): ``x @ W + b``, ``maximum(., 0)``, the fused
-  softmax cross-entropy gradient ``(softmax - onehot) / batch``, ``W -= lr * dW``
-  (MLP cases; there is no hand-written CNN twin).
-* ``torch``: PyTorch eager on the CPU (``--backend numpy``) or CUDA (``--backend cupy``).
+  (NumPy on the CPU, CuPy on the GPU, eager JAX with ``--backend jax``):
+  ``x @ W + b``, ``maximum(., 0)``, the fused softmax cross-entropy gradient
+  ``(softmax - onehot) / batch``, ``W -= lr * dW`` (MLP cases; there is no
+  hand-written CNN twin, and none on torch, where PyTorch's own loop is the peer).
+* ``torch``: PyTorch eager (``nn.Module``, autograd, ``torch.optim``) on the CPU
+  (``--backend numpy`` or ``jax``), on CUDA (``--backend cupy``), or on nnxp's
+  own device with ``--backend torch[:cuda]``: then both sides run the same
+  library's kernels and the ratio is what nnxp's hand-written backprop costs
+  against autograd.
 * ``torch.compile``: with ``--compile``, the model compiled with
   ``torch.compile(mode=--compile-mode)``; if compiling fails the row says why.
 
@@ -286,13 +291,16 @@ class ArrayTwinContender(Contender):
 
         self.case, self.backend = case, backend
         self.gpu = backend.kind == "cupy"
+        weights, biases = [s[1] for s in spec if s[0] == "dense"], [s[2] for s in spec if s[0] == "dense"]
         if self.gpu:
             import cupy as xp
 
             with backend.device:
-                self.twin = ArrayMLPTwin([s[1] for s in spec if s[0] == "dense"],
-                                         [s[2] for s in spec if s[0] == "dense"], xp, case.lr, seed)
+                self.twin = ArrayMLPTwin(weights, biases, xp, case.lr, seed)
                 self.x, self.y = xp.asarray(x), xp.asarray(y)
+        elif backend.kind == "jax":  # eager JAX, written the way JAX is written (.at[] updates)
+            self.twin = ArrayMLPTwin(weights, biases, backend.xp, case.lr, seed)
+            self.x, self.y = backend.from_host(x), backend.from_host(y)
         else:
             import numpy as xp
 
@@ -392,8 +400,11 @@ def make_contenders(case: Case, args: argparse.Namespace, x: Any, y: Any) -> tup
     if "nnxp" in wanted:
         out.append(NnxpContender(net, case, x, y, args.check_finite, args.metrics))
     if "twin" in wanted:
-        if case.kind == "mlp":
+        if case.kind == "mlp" and net.backend.kind in ("numpy", "cupy", "jax"):
             out.append(ArrayTwinContender(spec, case, x, y, net.backend, args.seed))
+        elif case.kind == "mlp":
+            skipped.append(Result(case.name, "twin", skipped=f"no hand-written twin on {net.backend.kind} "
+                                                            "(PyTorch's own training loop is the peer)"))
         else:
             skipped.append(Result(case.name, "twin", skipped="no hand-written twin for this case"))
     torch_names = [("torch", None)] + ([("compile", args.compile_mode)] if args.compile else [])
@@ -403,7 +414,9 @@ def make_contenders(case: Case, args: argparse.Namespace, x: Any, y: Any) -> tup
         label = "torch" if mode is None else f"torch.compile({mode})"
         why = torch_available()
         device = "cpu"
-        if why is None and net.backend.kind == "cupy":
+        if why is None and net.backend.kind == "torch":
+            device = str(net.backend.device)  # PyTorch's own loop on nnxp's device: the peer
+        elif why is None and net.backend.kind == "cupy":
             import torch
 
             if torch.cuda.is_available():
@@ -607,7 +620,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See the module docstring (benchmarks/bench.py) for what is measured.")
-    p.add_argument("--backend", default="numpy", help="nnxp backend: numpy (default) or cupy[:N]")
+    p.add_argument("--backend", default="numpy",
+                   help="nnxp backend: numpy (default), cupy[:N], torch[:cuda[:N]], jax[:gpu[:N]]")
     p.add_argument("--cases", default=None,
                    help=f"comma separated, from {','.join(CASES)} (default: mlp64,mlp1024,cnn on the CPU, "
                         "all four on the GPU)")
@@ -642,8 +656,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         bad = [c for c in args.cases if c not in CASES]
         if bad:
             p.error(f"unknown cases {bad}; choose from {list(CASES)}")
-    if not (args.backend == "numpy" or gpu):
-        p.error("--backend must be numpy or cupy[:N]")
     if args.mem_epochs is None:
         args.mem_epochs = 5 if gpu else 0
     if args.repeats < 1 or args.samples < 1:

@@ -32,7 +32,8 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 class ArrayMLPTwin:
     """Dense-ReLU-...-Dense MLP, softmax cross-entropy with the fused gradient
     ``(softmax - onehot) / batch``, plain SGD, on ``xp`` = ``numpy`` or ``cupy``
-    (or ``array_api_strict``, which ``benchmarks/calls.py`` uses to count calls).
+    (or ``array_api_strict``, which ``benchmarks/calls.py`` uses to count calls, or
+    ``jax.numpy``, eager).
 
     Written the way one writes it by hand: ``x @ W + b``, ``maximum(., 0)``,
     ``g[rows, labels] -= 1``, ``W -= lr * dW``; no buffers reused, nothing fused
@@ -43,7 +44,7 @@ class ArrayMLPTwin:
     Args:
         weights: host ``(in, out)`` float32 weight matrices, first to last.
         biases: host ``(out,)`` biases.
-        xp: ``numpy``, ``cupy`` or ``array_api_strict``.
+        xp: ``numpy``, ``cupy``, ``array_api_strict`` or ``jax.numpy``.
         lr: learning rate.
         seed: shuffling seed (the nnxp model's ``seed``).
     """
@@ -55,6 +56,7 @@ class ArrayMLPTwin:
         # array_api_strict has no fancy-index assignment and no bool * float: there the twin
         # subtracts a one-hot matrix and masks with where, the same number of array calls
         self.strict = xp.__name__ == "array_api_strict"
+        self.jax = xp.__name__ == "jax.numpy"  # immutable arrays: g.at[rows, labels].add(-1)
         self.W = [xp.asarray(np.array(w, dtype=np.float32)) for w in weights]
         self.b = [xp.asarray(np.array(b, dtype=np.float32)) for b in biases]
         self.lr = float(lr)
@@ -99,6 +101,8 @@ class ArrayMLPTwin:
             g = e / se
             if self.strict:
                 g = g - xp.astype(xp.reshape(yb, (m, 1)) == cols, g.dtype)
+            elif self.jax:
+                g = g.at[rows, yb].add(-1.0)
             else:
                 g[rows, yb] -= 1
             g /= m

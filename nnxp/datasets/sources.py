@@ -1,70 +1,24 @@
-"""MNIST and Fashion-MNIST: find, download, verify and parse them; prepare arrays.
+"""Where the data sets come from: the search order, verified downloads and the loaders.
 
-Loading looks for the four IDX files of a data set (``.gz`` or uncompressed)
-in these places, first match wins:
-
-1. the ``path`` argument;
-2. ``$NNXP_DATA_DIR/<name>``, then ``$NNXP_DATA_DIR``;
-3. the user cache, ``$XDG_CACHE_HOME/nnxp/<name>`` (default
-   ``~/.cache/nnxp/<name>``), or ``<cache_dir>/<name>`` when ``cache_dir``
-   is given;
-4. system copies (:data:`SYSTEM_DIRS`), e.g. ``/usr/share/datasets/fashion-mnist``
-   from the Debian package ``dataset-fashion-mnist``;
-5. a download from :data:`MIRRORS` into the cache, each file checked against
-   the SHA-256 sums in :data:`CHECKSUMS`.
-
-When nothing works, :class:`DatasetNotFoundError` lists every place tried and
-how to get the files. The loaders return host NumPy arrays; :func:`prepare`
-(or :func:`scale`, :func:`flatten`, :func:`one_hot`) turns them into training
-arrays on any backend, using only array API standard calls.
-
-Only the standard library is used for HTTP (``urllib``), so the module works
-wherever NumPy does.
-"""
+See :mod:`nnxp.datasets` for the search order."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import logging
-import math
 import os
 import tempfile
 import urllib.error
 import urllib.request
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
 
-import array_api_compat
 import numpy as np
 
-from .backends import Backend, to_device
+from .idx import IDXFormatError, read_idx
 
-__all__ = [
-    "CHECKSUMS",
-    "FASHION_MNIST_CLASSES",
-    "MIRRORS",
-    "MNIST_CLASSES",
-    "SYSTEM_DIRS",
-    "ChecksumMismatchError",
-    "DatasetNotFoundError",
-    "DownloadError",
-    "IDXFormatError",
-    "default_cache_dir",
-    "flatten",
-    "load_dataset",
-    "load_fashion_mnist",
-    "load_mnist",
-    "one_hot",
-    "prepare",
-    "read_idx",
-    "scale",
-]
-
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("nnxp.datasets")
 
 # ---------------------------------------------------------------------------
 # Data set tables
@@ -154,10 +108,6 @@ DatasetSplits = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarra
 # ---------------------------------------------------------------------------
 
 
-class IDXFormatError(ValueError):
-    """An IDX file (or a pair of them) is malformed; the message names the file and the fault."""
-
-
 class DownloadError(OSError):
     """Fetching one URL failed (HTTP error, network error, timeout, short read)."""
 
@@ -180,101 +130,6 @@ class DatasetNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:  # FileNotFoundError would format (errno, strerror) otherwise
         return str(self.args[0])
-
-
-# ---------------------------------------------------------------------------
-# IDX parsing
-# ---------------------------------------------------------------------------
-
-# IDX type codes (http://yann.lecun.com/exdb/mnist/); multi-byte values are big-endian.
-_IDX_DTYPES: dict[int, np.dtype] = {
-    0x08: np.dtype("u1"),
-    0x09: np.dtype("i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-def read_idx(path_or_fileobj: str | os.PathLike[str] | IO[bytes]) -> np.ndarray:
-    """Read an IDX file (as used by MNIST), gzip-compressed or raw.
-
-    Compression is detected from the content (the gzip magic bytes), not the
-    file name, so a ``.gz`` that was unpacked in place still loads.
-
-    Args:
-        path_or_fileobj: a file path, or a binary file object open for reading.
-
-    Returns:
-        A writable NumPy array in native byte order with the shape and dtype
-        the header gives (``uint8``, ``int8``, ``int16``, ``int32``,
-        ``float32`` or ``float64``).
-
-    Raises:
-        IDXFormatError: bad gzip stream, wrong magic number, unknown type
-            code, a file shorter than its header says (truncated), or extra
-            bytes after the data (trailing garbage).
-        FileNotFoundError: the path does not exist.
-    """
-    if hasattr(path_or_fileobj, "read"):
-        name = str(getattr(path_or_fileobj, "name", "<file object>"))
-        data = path_or_fileobj.read()  # type: ignore[union-attr]
-    else:
-        name = os.fspath(path_or_fileobj)
-        with open(name, "rb") as f:
-            data = f.read()
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-            raise IDXFormatError(f"{name}: corrupt or truncated gzip stream ({exc})") from exc
-    return _parse_idx(data, name)
-
-
-def _parse_idx(data: bytes, name: str) -> np.ndarray:
-    if len(data) < 4:
-        raise IDXFormatError(
-            f"{name}: truncated IDX file: {len(data)} bytes, too short for the 4-byte magic number"
-        )
-    magic = int.from_bytes(data[:4], "big")
-    code, ndim = data[2], data[3]
-    if data[:2] != b"\x00\x00":
-        raise IDXFormatError(
-            f"{name}: not an IDX file: magic number 0x{magic:08X} does not start with two zero bytes "
-            "(expected 0x0000TTNN, TT = type code, NN = number of dimensions)"
-        )
-    if code not in _IDX_DTYPES:
-        known = ", ".join(f"0x{c:02X} ({d.name})" for c, d in _IDX_DTYPES.items())
-        raise IDXFormatError(
-            f"{name}: unknown IDX type code 0x{code:02X} in magic 0x{magic:08X}; known: {known}"
-        )
-    if ndim == 0:
-        raise IDXFormatError(f"{name}: IDX header declares 0 dimensions (magic 0x{magic:08X})")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise IDXFormatError(
-            f"{name}: truncated IDX file: header needs {header} bytes for {ndim} dimensions, "
-            f"file has {len(data)}"
-        )
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = _IDX_DTYPES[code]
-    expected = math.prod(shape) * dtype.itemsize
-    got = len(data) - header
-    if got < expected:
-        raise IDXFormatError(
-            f"{name}: truncated IDX file: header says shape {shape} of {dtype.name} = {expected} data bytes, "
-            f"but only {got} follow the header"
-        )
-    if got > expected:
-        raise IDXFormatError(
-            f"{name}: {got - expected} bytes of trailing garbage after the {expected} data bytes "
-            f"of shape {shape} ({dtype.name})"
-        )
-    # astype copies: the result is writable and in native byte order.
-    arr = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=header)
-    return arr.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
 
 # ---------------------------------------------------------------------------
@@ -650,132 +505,3 @@ def load_fashion_mnist(
     return load_dataset(
         "fashion-mnist", path, download=download, cache_dir=cache_dir, mirrors=mirrors, timeout=timeout
     )
-
-
-# ---------------------------------------------------------------------------
-# Preparation helpers (array API standard only)
-# ---------------------------------------------------------------------------
-
-
-def _as_array(x: Any, backend: str | Backend | None) -> Any:
-    if backend is not None:
-        return to_device(x, backend)
-    if array_api_compat.is_array_api_obj(x):
-        return x
-    return np.asarray(x)  # lists and scalars: host NumPy, like the loaders return
-
-
-def _dtype(xp: Any, dtype: Any) -> Any:
-    """The namespace's dtype for a name, a NumPy dtype, or the namespace's own dtype."""
-    if isinstance(dtype, str):
-        return getattr(xp, dtype)
-    if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
-        return getattr(xp, np.dtype(dtype).name)
-    return dtype
-
-
-def scale(x: Any, dtype: Any = "float32", backend: str | Backend | None = None) -> Any:
-    """Pixel values ``0..255`` to floats in ``[0, 1]``: ``x / 255``.
-
-    Args:
-        x: an image array of any backend (usually ``uint8``).
-        dtype: floating dtype of the result (name or dtype object).
-        backend: move ``x`` there first (``nnxp.to_device``); ``None`` keeps
-            it on its own backend and device.
-
-    Returns:
-        A floating array on the same (or the given) backend and device.
-    """
-    # Move before converting: uint8 is 4x less to copy to a GPU than float32.
-    x = _as_array(x, backend)
-    xp = array_api_compat.array_namespace(x)
-    dt = _dtype(xp, dtype)
-    if not xp.isdtype(dt, "real floating"):
-        raise ValueError(f"scale() needs a real floating dtype, got {dtype!r}")
-    return xp.astype(x, dt) / 255.0
-
-
-def flatten(x: Any) -> Any:
-    """Collapse every axis after the first: ``(N, 28, 28)`` -> ``(N, 784)``.
-
-    Args:
-        x: an array of any backend with at least one axis.
-
-    Returns:
-        An array of shape ``(N, prod(x.shape[1:]))`` on the same backend and device.
-    """
-    xp = array_api_compat.array_namespace(x)
-    if x.ndim < 1:
-        raise ValueError("flatten() needs an array with a leading batch axis, got a 0-d array")
-    # An explicit size (not -1) so that N == 0 works too.
-    return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
-
-
-def one_hot(labels: Any, num_classes: int, dtype: Any = "float32") -> Any:
-    """One-hot encode integer class labels.
-
-    Args:
-        labels: integer array of any backend and shape; values in ``[0, num_classes)``.
-        num_classes: number of classes (length of the new last axis).
-        dtype: dtype of the result (name or dtype object).
-
-    Returns:
-        Array of shape ``labels.shape + (num_classes,)`` with 1 at each
-        label's index and 0 elsewhere, on the labels' backend and device.
-
-    Raises:
-        ValueError: ``labels`` is not integer, ``num_classes`` < 1, or a label
-            is out of range (checking reads two scalars back to the host).
-    """
-    xp = array_api_compat.array_namespace(labels)
-    if not xp.isdtype(labels.dtype, "integral"):
-        raise ValueError(f"one_hot() needs integer labels, got dtype {labels.dtype}")
-    if int(num_classes) != num_classes or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    num_classes = int(num_classes)
-    # int64 so that arange(num_classes) cannot overflow a narrow label dtype.
-    lab = xp.astype(labels, xp.int64)
-    if math.prod(lab.shape) > 0:
-        lo, hi = int(xp.min(lab)), int(xp.max(lab))
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"one_hot(): labels must lie in [0, {num_classes}), got values from {lo} to {hi}"
-            )
-    classes = xp.arange(num_classes, dtype=xp.int64, device=array_api_compat.device(lab))
-    return xp.astype(xp.expand_dims(lab, axis=-1) == classes, _dtype(xp, dtype))
-
-
-def prepare(
-    images: Any,
-    labels: Any,
-    flatten: bool = True,
-    backend: str | Backend | None = None,
-    dtype: Any = "float32",
-) -> tuple[Any, Any]:
-    """Turn loaded images and labels into training arrays.
-
-    Args:
-        images: ``uint8`` images ``(N, H, W)`` (or ``(N, C, H, W)``) of any backend.
-        labels: integer labels ``(N,)`` of any backend.
-        flatten: reshape the images to ``(N, H*W)`` for dense layers; keep
-            ``False`` for convolutions (add a channel axis yourself).
-        backend: move both arrays there (``nnxp.to_device``); ``None`` keeps
-            them where they are.
-        dtype: floating dtype of the images.
-
-    Returns:
-        ``(x, y)``: ``x`` scaled to ``[0, 1]`` in ``dtype``, ``y`` ``int64``,
-        both on the same backend and device.
-    """
-    x = scale(images, dtype=dtype, backend=backend)
-    if flatten:
-        x = _flatten(x)
-    y = _as_array(labels, backend)
-    xp = array_api_compat.array_namespace(y)
-    y = xp.astype(y, xp.int64)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"prepare(): {x.shape[0]} images but {y.shape[0]} labels")
-    return x, y
-
-
-_flatten = flatten  # prepare()'s ``flatten`` argument shadows the function
