@@ -193,6 +193,8 @@ class SoftmaxCrossEntropy(Loss):
     """
 
     classification = True
+    #: integer targets of any shape are class labels (``fit`` keeps them integer)
+    integer_labels = True
     reuse_buffers = False
 
     def __init__(self, check_labels: bool = True) -> None:
@@ -246,10 +248,15 @@ class SoftmaxCrossEntropy(Loss):
         return g if len(self._shape) == 2 else xp.reshape(g, self._shape)
 
     def correct(self, y_pred: Array, y_true: Array) -> Array:
+        """Correct predictions, counted per sample: a sample of ``T`` positions (a
+        sequence) adds the fraction of its positions predicted right, so dividing by
+        the number of samples gives the accuracy over positions."""
         b = self._backend_of(y_pred)
         if y_true.ndim == y_pred.ndim:  # one-hot or probability rows
             y_true = b.xp.argmax(y_true, axis=-1)
-        return b.count_correct(y_pred, y_true)
+        hits = b.count_correct(y_pred, y_true)
+        per_sample = math.prod(y_true.shape[1:])
+        return hits if per_sample == 1 else hits / per_sample
 
     def config(self) -> dict[str, Any]:
         return {} if self.check_labels else {"check_labels": False}

@@ -258,7 +258,9 @@ class Sequential(LayerContainer):
         if y.shape[0] != n:
             raise ValueError(f"x has {n} samples but {what} has {y.shape[0]}: they must have the same length.")
         xp = b.xp
-        if xp.isdtype(y.dtype, "integral") and getattr(loss, "classification", False) and y.ndim == 1:
+        # class labels stay integer: (batch,), or (batch, time) for a loss that takes label sequences
+        labels = y.ndim == 1 or getattr(loss, "integer_labels", False)
+        if xp.isdtype(y.dtype, "integral") and getattr(loss, "classification", False) and labels:
             y = xp.astype(y, xp.int64)
             if classes is not None:
                 check_label_range(y, classes, xp)
