@@ -32,10 +32,15 @@ def _case(kind: str, n: int = 4, k: int = 3, seed: int = 0) -> tuple[losses.Loss
     if kind == "sce-soft":
         t = rng.random((n, k))
         return losses.SoftmaxCrossEntropy(), 2 * rng.standard_normal((n, k)), t / t.sum(1, keepdims=True)
+    if kind == "sce-seq-labels":  # a language model's (batch, time, vocab) logits and (batch, time) labels
+        return losses.SoftmaxCrossEntropy(), 2 * rng.standard_normal((n, 5, k)), rng.integers(0, k, (n, 5))
+    if kind == "sce-seq-onehot":
+        return losses.SoftmaxCrossEntropy(), 2 * rng.standard_normal((n, 5, k)), np.eye(k)[rng.integers(0, k, (n, 5))]
     raise ValueError(kind)
 
 
-KINDS = ["mse", "bce", "bce-soft", "bce-logits", "sce-labels", "sce-onehot", "sce-soft"]
+KINDS = ["mse", "bce", "bce-soft", "bce-logits", "sce-labels", "sce-onehot", "sce-soft", "sce-seq-labels",
+         "sce-seq-onehot"]
 
 
 def assert_scalar_on(value, backend: nnxp.Backend, dtype: str) -> None:
@@ -163,6 +168,27 @@ def test_correct_counts(backend: nnxp.Backend) -> None:
     assert float(bce.correct(p, t)) == 2.0
     logits = nnxp.to_device(np.array([[2.0], [-1.0], [0.5]]), backend, dtype="float32")
     assert float(losses.BinaryCrossEntropy(from_logits=True).correct(logits, t)) == 2.0
+    # sequences: each sample adds the fraction of its positions predicted right (3 of 4, then 1 of 4)
+    zs = nnxp.to_device(np.eye(3)[[[0, 1, 2, 0], [1, 1, 1, 1]]], backend, dtype="float32")
+    seq_labels = nnxp.to_device(np.array([[0, 1, 2, 1], [1, 0, 0, 0]]), backend)
+    assert float(sce.correct(zs, seq_labels)) == 1.0
+
+
+def test_sequence_labels_fit_and_evaluate(backend: nnxp.Backend) -> None:
+    """fit keeps (batch, time) integer labels and reports accuracy over positions."""
+    from nnxp import layers, optim
+
+    rng = np.random.default_rng(0)
+    seq = rng.integers(0, 6, (40, 9))
+    net = nnxp.Sequential([layers.Embedding(6, 8), layers.Dense(8, 6)], backend=backend, seed=0)
+    hist = net.fit(seq[:, :-1], seq[:, 1:], loss=losses.SoftmaxCrossEntropy(), optimizer=optim.Adam(lr=0.05),
+                   epochs=2, batch_size=8, verbose=0)
+    assert all(0.0 <= a <= 1.0 for a in hist["accuracy"])
+    res = net.evaluate(seq[:, :-1], seq[:, 1:])
+    out = nnxp.to_numpy(net.predict(seq[:, :-1]))
+    assert abs(res["accuracy"] - float(np.mean(out.argmax(-1) == seq[:, 1:]))) < 1e-9
+    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 6\)"):
+        net.fit(seq[:, :-1], seq[:, 1:] + 6, loss=losses.SoftmaxCrossEntropy(), optimizer=optim.SGD(), verbose=0)
 
 
 def test_get_loss() -> None:

@@ -247,10 +247,12 @@ def loss_twin(loss: losses.Loss, y_pred: Any, y_true: Any) -> dict[str, Any]:
         else:
             value = F.binary_cross_entropy(p, _t(t_host))
     elif isinstance(loss, losses.SoftmaxCrossEntropy):
-        if t_host.ndim == 1:
-            value = F.cross_entropy(p, th.tensor(t_host.astype(np.int64)))
+        k = p.shape[-1]
+        flat = p.reshape(-1, k)  # (batch, time, classes): the mean runs over every position, as in nnxp
+        if t_host.ndim == p.ndim - 1:
+            value = F.cross_entropy(flat, th.tensor(t_host.astype(np.int64).reshape(-1)))
         else:
-            value = F.cross_entropy(p, _t(t_host))  # class probabilities
+            value = F.cross_entropy(flat, _t(t_host).reshape(-1, k))  # class probabilities
     else:
         raise NotImplementedError(f"no torch twin for {loss!r}")
     value.backward()
