@@ -24,6 +24,8 @@ def image_parser(description: str, epochs: int, lr: float) -> argparse.ArgumentP
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="parameter dtype; float64 makes runs on different backends agree to rounding")
     p.add_argument("--val", type=int, default=5000, help="training samples held out for validation")
     p.add_argument("--subset", type=int, default=None, help="use only the first N training samples (smoke tests)")
     p.add_argument("--no-download", action="store_true", help="use local copies only")

@@ -38,9 +38,9 @@ def build(backend: str | None, seed: int, channels: tuple[int, int] = (32, 64), 
     ], backend=backend, dtype=dtype, seed=seed)
 
 
-def nchw(images, labels, backend: nnxp.Backend) -> tuple:
-    """uint8 ``(N, H, W)`` images -> float32 NCHW ``(N, 1, H, W)`` in [0, 1] and int64 labels, on ``backend``."""
-    x, y = datasets.prepare(images, labels, flatten=False, backend=backend)
+def nchw(images, labels, backend: nnxp.Backend, dtype: str = "float32") -> tuple:
+    """uint8 ``(N, H, W)`` images -> float NCHW ``(N, 1, H, W)`` in [0, 1] and int64 labels, on ``backend``."""
+    x, y = datasets.prepare(images, labels, flatten=False, backend=backend, dtype=dtype)
     return backend.xp.reshape(x, (x.shape[0], 1, x.shape[1], x.shape[2])), y
 
 
@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = _data.image_parser("Train a small CNN (two conv + pool blocks, dropout, dense head, Adam) on MNIST "
                               "(or Fashion-MNIST).", epochs=EPOCHS_DEFAULT, lr=1e-3).parse_args(argv)
     name, (x, y), (xt, yt), classes = _data.load(args.dataset, args.subset, download=not args.no_download)
-    net = build(args.backend, args.seed)
+    net = build(args.backend, args.seed, dtype=args.dtype)
     print(f"Dataset: {name} ({len(x)} train, {len(xt)} test images); backend: {net.backend.name}")
     if args.verbose:
         print(net.summary((1, *x.shape[1:])))
-    train, test = nchw(x, y, net.backend), nchw(xt, yt, net.backend)
+    train, test = nchw(x, y, net.backend, args.dtype), nchw(xt, yt, net.backend, args.dtype)
     return _data.train_and_report(net, optim.Adam(lr=args.lr), args, name, train, test, classes,
                                   "mnist_cnn", "CNN")
 
