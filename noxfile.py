@@ -6,6 +6,7 @@ registry, and one shared environment keeps CI fast on two cores.
 
     nox                      # what this machine can run (tests-cupy only where a GPU works)
     nox -s tests-cupy        # fails loudly without a working CUDA device
+    nox -s tests-mpi         # data-parallel training under mpiexec -n 2 and -n 3 (pip install -e '.[mpi]')
     nox -s bench -- --backend cupy
 """
 
@@ -30,7 +31,7 @@ def _cupy_status() -> str | None:
     return None
 
 
-_DEFAULT = ["tests-numpy", "tests-strict", "lint"]
+_DEFAULT = ["tests-numpy", "tests-strict", "tests-mpi", "lint"]
 if _cupy_status() is None:
     _DEFAULT.insert(2, "tests-cupy")
 nox.options.sessions = _DEFAULT
@@ -43,8 +44,8 @@ def _pytest(session: nox.Session, backends: list[str], *extra: str) -> None:
 
 @nox.session(name="tests-numpy")
 def tests_numpy(session: nox.Session) -> None:
-    """The suite on the NumPy backend (plus backend-free tests)."""
-    _pytest(session, ["numpy"])
+    """The suite on the NumPy backend (plus backend-free tests; the mpiexec jobs are tests-mpi's)."""
+    _pytest(session, ["numpy"], "-m", "not mpi")
 
 
 @nox.session(name="tests-strict")
@@ -61,6 +62,15 @@ def tests_cupy(session: nox.Session) -> None:
     if why is not None:
         session.error(f"tests-cupy needs a working CuPy/CUDA device: {why}")
     _pytest(session, ["cupy"], "-m", "backend", "--require-gpu")
+
+
+@nox.session(name="tests-mpi")
+def tests_mpi(session: nox.Session) -> None:
+    """Data-parallel training under mpiexec: tests/mpi/test_world.py on 2 and 3 ranks (3 for
+    uneven splits) and one job per fault (an exception, bad input, a non-finite loss, a killed
+    or stuck rank), each job bounded by a timeout (tests/test_distributed_mpi.py). Skips with
+    the reason when mpi4py or mpiexec is missing."""
+    session.run("python", "-m", "pytest", "-m", "mpi", "tests/test_distributed_mpi.py", *session.posargs)
 
 
 @nox.session
