@@ -66,6 +66,8 @@ _LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "
 
 #: default seconds a collective may wait for the other ranks before the job is ended
 DEFAULT_TIMEOUT = 900.0
+#: seconds between printing why the job ends and ``MPI_Abort``
+ABORT_GRACE = 0.5
 
 
 class DistributedError(RuntimeError):
@@ -292,6 +294,9 @@ class MPICommunicator(Communicator):
         try:
             sys.stderr.write(message)
             sys.stderr.flush()
+            # MPI_Abort makes the launcher tear the job down at once; give it a moment to forward
+            # the message first (hydra once lost a whole rank's last stderr lines without this)
+            time.sleep(ABORT_GRACE)
         finally:
             try:
                 self._comm.Abort(code)
