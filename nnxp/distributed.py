@@ -312,6 +312,7 @@ class _Group:
         self.size, self.timeout = size, timeout
         self.barrier = threading.Barrier(size, timeout=timeout)
         self.slots: list[Any] = [None] * size
+        self.result: np.ndarray | None = None  # rank 0's sum, copied by every rank
         self.failure: str | None = None
 
 
