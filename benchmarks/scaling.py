@@ -163,11 +163,11 @@ def paper() -> None:
         print(f"  {label}: {1e6 * t:.0f} us per allreduce (latency ~{1e6 * lat:.0f} us + bandwidth term)")
     print("  Compute per step on an H100 (MEASURED.md): the seed MLP is launch-bound, ~1.0-1.3 ms per step at\n"
           "  batch 64 to 1024 (0.86-1.17 s per 938-step epoch at batch 64; 77 ms per 59-step epoch at 1024).\n"
-          "  So at global batch 1024 (32 per GPU): step ~1.1 ms + ~0.07 ms allreduce; 59 steps -> ~65 ms per\n"
-          "  epoch against 77 ms on one GPU: ~1.2x on 32 GPUs. At global batch 128 (4 per GPU) nothing is\n"
-          "  gained: 469 steps of ~1.1 ms either way. Data parallelism pays when a GPU's compute per step is\n"
-          "  much larger than ~1 ms plus the allreduce, e.g. 784-4096-4096-10 (21M parameters, 84 MB): ring\n"
-          "  allreduce ~3.6 ms at 45 GB/s against ~3.1 ms of compute per 1024-row step at 42 TFLOP/s, so\n"
+          "  So at global batch 1024 (32 per GPU): step ~1.0-1.1 ms + ~0.07 ms allreduce; 59 steps -> ~63-70 ms\n"
+          "  per epoch against 77 ms on one GPU: ~1.1-1.2x on 32 GPUs. At global batch 128 (4 per GPU) nothing\n"
+          "  is gained: 469 steps of ~1.1 ms either way. Data parallelism pays when a GPU's compute per step is\n"
+          "  much larger than ~1 ms plus the allreduce, e.g. 784-4096-4096-10 (20.0M parameters, 80 MB): ring\n"
+          "  allreduce ~3.5 ms at 45 GB/s against ~2.9 ms of compute per 1024-row step at 42 TFLOP/s, so\n"
           "  overlapping the allreduce with the backward pass (buckets) is what would decide its efficiency.\n"
           "  Today's transport goes through host memory (to_numpy / from_host): add ~2 x 0.8 MB over PCIe\n"
           "  (~0.1 ms) per step until the NCCL transport is written.")
