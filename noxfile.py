@@ -7,6 +7,7 @@ registry, and one shared environment keeps CI fast on two cores.
     nox                      # what this machine can run (tests-cupy only where a GPU works)
     nox -s tests-cupy        # fails loudly without a working CUDA device
     nox -s tests-torch-cuda tests-jax-gpu   # likewise, for torch and JAX on CUDA
+    nox -s tests-mpi         # data-parallel training under mpiexec -n 2 and -n 3 (pip install -e '.[mpi]')
     nox -s bench -- --backend cupy
 """
 
@@ -32,7 +33,7 @@ def _status(backend: str) -> str | None:
 
 
 _GPU_SESSIONS = {"tests-cupy": "cupy", "tests-torch-cuda": "torch:cuda", "tests-jax-gpu": "jax:gpu"}
-_DEFAULT = ["tests-numpy", "tests-strict", "tests-torch", "tests-jax"]
+_DEFAULT = ["tests-numpy", "tests-strict", "tests-torch", "tests-jax", "tests-mpi"]
 _DEFAULT += [name for name, backend in _GPU_SESSIONS.items() if _status(backend) is None]
 nox.options.sessions = [*_DEFAULT, "lint"]
 
@@ -44,8 +45,8 @@ def _pytest(session: nox.Session, backends: list[str], *extra: str) -> None:
 
 @nox.session(name="tests-numpy")
 def tests_numpy(session: nox.Session) -> None:
-    """The suite on the NumPy backend (plus backend-free tests)."""
-    _pytest(session, ["numpy"])
+    """The suite on the NumPy backend (plus backend-free tests; the mpiexec jobs are tests-mpi's)."""
+    _pytest(session, ["numpy"], "-m", "not mpi")
 
 
 @nox.session(name="tests-strict")
@@ -94,6 +95,15 @@ def tests_torch_cuda(session: nox.Session) -> None:
 def tests_jax_gpu(session: nox.Session) -> None:
     """The backend-parametrized tests on jax:gpu; errors out when JAX sees no GPU."""
     _backend_session(session, "jax:gpu", "backend", "--require-gpu")
+
+
+@nox.session(name="tests-mpi")
+def tests_mpi(session: nox.Session) -> None:
+    """Data-parallel training under mpiexec: tests/mpi/test_world.py on 2 and 3 ranks (3 for
+    uneven splits) and one job per fault (an exception, bad input, a non-finite loss, a killed
+    or stuck rank), each job bounded by a timeout (tests/test_distributed_mpi.py). Skips with
+    the reason when mpi4py or mpiexec is missing."""
+    session.run("python", "-m", "pytest", "-m", "mpi", "tests/test_distributed_mpi.py", *session.posargs)
 
 
 @nox.session

@@ -30,14 +30,42 @@ def image_parser(description: str, epochs: int, lr: float) -> argparse.ArgumentP
     p.add_argument("--subset", type=int, default=None, help="use only the first N training samples (smoke tests)")
     p.add_argument("--no-download", action="store_true", help="use local copies only")
     p.add_argument("--verbose", type=int, default=1, help="0 silent, 1 progress bars, 2 a line per epoch")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of mpiexec (mpiexec -n 2 python ...); --batch-size is "
+                        "per rank; without mpiexec: one process")
     return p
+
+
+def communicator(args: argparse.Namespace) -> Any:
+    """``nnxp.distributed.init()`` with ``--distributed``, else ``None``; GPU backends named without a
+    device get the GPU of the rank's local rank (``cupy`` -> ``cupy:<local_rank>``)."""
+    if not args.distributed:
+        return None
+    from nnxp import distributed
+
+    comm = distributed.init()
+    gpu = {"cupy": "cupy", "torch:cuda": "torch:cuda", "jax:gpu": "jax:gpu"}
+    if args.backend in gpu:
+        args.backend = f"{gpu[args.backend]}:{comm.local_rank}"
+    return comm
+
+
+def load_on_ranks(comm: Any, *args: Any, **kwargs: Any) -> tuple[str, tuple, tuple, list[str]]:
+    """:func:`load` on every rank, rank 0 first (so that only rank 0 downloads into the cache)."""
+    if comm is not None and comm.rank != 0:
+        comm.barrier("the wait for rank 0 to fetch the data set")
+    data = load(*args, **kwargs)
+    if comm is not None and comm.rank == 0:
+        comm.barrier("the wait for rank 0 to fetch the data set")
+    return data
 
 
 def train_and_report(net: nnxp.Sequential, optimizer: optim.Optimizer, args: argparse.Namespace, name: str,
                      train: tuple[Any, Any], test: tuple[Any, Any], classes: list[str], stem: str,
-                     title: str) -> dict[str, float]:
+                     title: str, comm: Any = None) -> dict[str, float]:
     """Fit with ``args.val`` samples held out, print the test accuracy and epoch times, and write
     ``<stem>.npz``, ``<stem>_curves.png`` and ``<stem>_misclassified.png`` to ``args.out``.
+    With ``comm`` (several ranks) every rank trains; rank 0 alone prints and writes.
 
     Returns:
         The test metrics (``loss``, ``accuracy``).
@@ -46,14 +74,17 @@ def train_and_report(net: nnxp.Sequential, optimizer: optim.Optimizer, args: arg
     t0 = time.perf_counter()
     hist = net.fit(xtr, ytr, loss=losses.SoftmaxCrossEntropy(), optimizer=optimizer,
                    epochs=args.epochs, batch_size=args.batch_size, shuffle=True,
-                   validation_data=val, verbose=args.verbose)
+                   validation_data=val, verbose=args.verbose, distributed=comm)
     train_time = time.perf_counter() - t0
     xt, yt = test
     metrics = net.evaluate(xt, yt)
+    if comm is not None and comm.rank != 0:
+        return metrics
     times = ", ".join(f"{t:.1f}" for t in hist["time"])
+    ranks = f" x {comm.size} ranks (global batch {comm.size * args.batch_size})" if comm is not None else ""
     print(f"{name} test accuracy after {args.epochs} epochs: {100 * metrics['accuracy']:.2f}% "
           f"(test loss {metrics['loss']:.4f}; {train_time / max(args.epochs, 1):.2f} s per epoch "
-          f"on {net.backend.name}; epoch times [s]: {times})")
+          f"on {net.backend.name}{ranks}; epoch times [s]: {times})")
 
     ckpt = out_path(args.out, f"{stem}.npz")
     net.save(ckpt)

@@ -8,6 +8,7 @@ trained with Adam (lr 1e-3) on NCHW images ``(N, 1, 28, 28)`` in [0, 1]. The def
 EPOCHS_DEFAULT epochs reach over 91% test accuracy on Fashion-MNIST (about 99% on MNIST).
 
     python examples/mnist_cnn.py [--backend cupy] [--dataset fashion-mnist] [--epochs 8]
+    mpiexec -n 2 python examples/mnist_cnn.py --distributed      # data-parallel, batch 64 per rank
 
 Writes to --out (default ``outputs/``): the checkpoint ``mnist_cnn.npz``, the
 loss/accuracy curves ``mnist_cnn_curves.png`` and a grid of misclassified test
@@ -47,14 +48,17 @@ def nchw(images, labels, backend: nnxp.Backend, dtype: str = "float32") -> tuple
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = _data.image_parser("Train a small CNN (two conv + pool blocks, dropout, dense head, Adam) on MNIST "
                               "(or Fashion-MNIST).", epochs=EPOCHS_DEFAULT, lr=1e-3).parse_args(argv)
-    name, (x, y), (xt, yt), classes = _data.load(args.dataset, args.subset, download=not args.no_download)
+    comm = _data.communicator(args)
+    name, (x, y), (xt, yt), classes = _data.load_on_ranks(comm, args.dataset, args.subset,
+                                                          download=not args.no_download)
     net = build(args.backend, args.seed, dtype=args.dtype)
-    print(f"Dataset: {name} ({len(x)} train, {len(xt)} test images); backend: {net.backend.name}")
-    if args.verbose:
-        print(net.summary((1, *x.shape[1:])))
+    if comm is None or comm.rank == 0:
+        print(f"Dataset: {name} ({len(x)} train, {len(xt)} test images); backend: {net.backend.name}")
+        if args.verbose:
+            print(net.summary((1, *x.shape[1:])))
     train, test = nchw(x, y, net.backend, args.dtype), nchw(xt, yt, net.backend, args.dtype)
     return _data.train_and_report(net, optim.Adam(lr=args.lr), args, name, train, test, classes,
-                                  "mnist_cnn", "CNN")
+                                  "mnist_cnn", "CNN", comm)
 
 
 if __name__ == "__main__":

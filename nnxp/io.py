@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import socket
 import zipfile
 from typing import TYPE_CHECKING, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; stale temp files are then left in place
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -24,7 +30,8 @@ from .optim import get_optimizer
 if TYPE_CHECKING:  # the model calls this module, never the reverse
     from .model import Sequential
 
-__all__ = ["CheckpointError", "build_layers", "load_into", "read", "restore", "save"]
+__all__ = ["CheckpointError", "atomic_write", "build_layers", "load_into", "read", "remove_stale_temp_files",
+           "restore", "save"]
 
 FORMAT = "nnxp-checkpoint"
 VERSION = 1
@@ -40,20 +47,111 @@ def _le(a: np.ndarray) -> np.ndarray:
     return a.astype(a.dtype.newbyteorder("<"), copy=False)
 
 
+_TMP_SUFFIX = ".nnxp.tmp"
+
+
+def _tmp_name(path: str) -> str:
+    """``.<name>.<host>.<pid>.<random>.nnxp.tmp`` beside ``path``: says who wrote it."""
+    host = socket.gethostname().replace(os.sep, "_") or "host"
+    return os.path.join(os.path.dirname(path),
+                        f".{os.path.basename(path)}.{host}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
+
+
+def _lock(fd: int, block: bool) -> bool:
+    """Take an exclusive ``flock`` on ``fd``; False when another process holds it.
+
+    A live writer holds the lock on its temp file until it has renamed it; the
+    kernel drops it when the writer dies, even by ``kill -9``. Where locks are not
+    available (no ``fcntl``, or a file system without them) this returns True for the
+    writer and False for the cleaner, so nothing is ever removed there.
+    """
+    if fcntl is None:
+        return block
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP, EBADF on some network file systems
+        return block
+    return True
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[str]:
+    """Remove the temp files of :func:`atomic_write` calls whose process died mid-write.
+
+    A temp file is stale when no process holds its lock: its writer ended without
+    renaming it (killed, or its machine went down). Files of live writers, on this
+    machine or another one sharing the directory, are locked and left alone.
+
+    Args:
+        directory: where to look.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(".") and n.endswith(_TMP_SUFFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        tmp = os.path.join(directory, name)
+        try:
+            fd = os.open(tmp, os.O_RDWR)
+        except OSError:  # gone meanwhile (renamed by its writer), or not ours to touch
+            continue
+        try:
+            if not _lock(fd, block=False):
+                continue
+            # locked by us: its writer is dead, unless the name now holds another file
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                os.unlink(tmp)
+                removed.append(tmp)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Any) -> None:
     """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename.
 
-    A crash mid-write leaves the previous file at ``path`` untouched.
+    A crash mid-write leaves the previous file at ``path`` untouched. The file gets
+    the usual permissions (``0o666`` less the umask, as ``open`` gives). The temp file,
+    ``.<name>.<host>.<pid>.<random>.nnxp.tmp``, is locked (``flock``) while it is
+    written; each call first removes the temp files of earlier writers that died
+    mid-write (no lock held), never one a live writer is still writing.
+
+    Args:
+        path: the target file.
+        write: called with the open binary temp file.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
+    remove_stale_temp_files(directory)
+    while True:
+        tmp = _tmp_name(path)
+        # os.open applies the umask to 0o666, as open() does for any new file (mkstemp would give 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        _lock(fd, block=True)
+        try:  # a cleaner may have taken the lock and removed the file between open and flock: start over
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    f = os.fdopen(fd, "wb")
     try:
-        with os.fdopen(fd, "wb") as f:
+        try:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if fcntl is None:  # Windows cannot rename an open file (and there is no lock to keep)
+                f.close()
+            os.replace(tmp, path)
+        finally:
+            f.close()  # drops the lock, after the rename: the temp name never held a lock-free live file
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -71,11 +169,19 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
 def save(model: Sequential, path: str | os.PathLike) -> None:
     """Write ``model`` (and its optimizer) to ``path`` atomically.
 
+    After ``fit(..., distributed=comm)`` with several ranks, only rank 0 writes (the
+    ranks hold the same numbers); on the others this returns without writing, so a
+    script may call it on every rank.
+
     Args:
         model: the :class:`~nnxp.Sequential` to save.
         path: target file; conventionally ``*.npz``.
     """
     from . import __version__
+
+    comm = getattr(model, "comm", None)
+    if comm is not None and comm.rank != 0:
+        return
 
     arrays: dict[str, np.ndarray] = {}
     for i, layer in enumerate(model.layers):

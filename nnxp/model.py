@@ -12,6 +12,7 @@ import numpy as np
 
 from . import io
 from .backends import Backend, backend_of, resolve_backend
+from .distributed import Communicator, guard
 from .history import History
 from .layers.base import Array, Layer
 from .layers.containers import LayerContainer, first_leaf, is_container, pick_initialisers
@@ -71,6 +72,7 @@ class Sequential(LayerContainer):
         self.optimizer: Optimizer | None = None
         self.loss: Loss | None = None
         self.history = History()
+        self.comm: Communicator | None = None  # of the last fit(distributed=comm): save() writes on rank 0 only
         self.build(self.backend, self.dtype, np.random.default_rng(self.seed))
         self.infer_shape(None)
 
@@ -275,11 +277,12 @@ class Sequential(LayerContainer):
         return out[-1] if out else None
 
     # ------------------------------------------------------------ training
+    @guard("fit")
     def fit(self, x: Any, y: Any, loss: Loss | str | None = None, optimizer: Optimizer | str | None = None,
             epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
             validation_data: tuple[Any, Any] | None = None, verbose: int = 1,
             check_finite: str = "auto", callbacks: Sequence[Any] = (),
-            metrics: Sequence[str] | None = None) -> History:
+            metrics: Sequence[str] | None = None, distributed: Communicator | None = None) -> History:
         """Train with mini-batches.
 
         Args:
@@ -303,6 +306,11 @@ class Sequential(LayerContainer):
                 (the default for classification losses) or ``()`` (the default otherwise).
                 Accuracy costs five array calls per step, which matters on a GPU at small
                 batches; ``metrics=()`` skips it (validation still reports accuracy).
+            distributed: a communicator from :func:`nnxp.distributed.init`: data-parallel
+                training over its ranks (see :mod:`nnxp.dataparallel`). Every rank passes the
+                same ``x, y`` and arguments; ``batch_size`` is per rank, and N ranks at batch
+                ``b`` train like one process at batch ``N * b``. Rank 0 alone shows progress,
+                and :meth:`save` writes on rank 0 only. Callbacks run on every rank.
 
         Returns:
             The model's :class:`~nnxp.History` (all epochs so far).
@@ -310,6 +318,8 @@ class Sequential(LayerContainer):
         Raises:
             NonFiniteLossError: the loss became NaN/inf (says epoch and batch).
             ValueError / TypeError: inputs of the wrong shape, length, dtype or label range.
+            DistributedError: ranks passed different models, data or arguments (raised on
+                every rank). Any other error on one rank ends every rank with a message.
         """
         loss = get_loss(loss) if loss is not None else self.loss
         if loss is None:
@@ -341,10 +351,24 @@ class Sequential(LayerContainer):
             yv = self._targets(validation_data[1], loss, xv.shape[0],
                                self._classes(xv) if loss.classification else None, "validation y")
         mode = check_finite if check_finite != "auto" else ("step" if self.backend.sync_free else "device")
+        dp = None
+        self.comm = distributed
+        if distributed is not None and distributed.size > 1:
+            from .dataparallel import DataParallel
+
+            settings = {"epochs": epochs, "batch_size": batch_size, "shuffle": shuffle,
+                        "check_finite": check_finite, "metrics": tuple(metrics)}
+            dp = DataParallel(distributed, self, x, y, (xv, yv) if validation_data is not None else None,
+                              loss, optimizer, settings)
+            mode = "dist"  # metrics summed on the host from the reduced step buffer, loss checked globally
+            if distributed.rank != 0:
+                verbose = 0
+            elif verbose:
+                print(dp.describe(), flush=True)
 
         xp = self.backend.xp
         slots = self.slots()
-        nb = -(-n // batch_size)
+        nb = -(-n // batch_size) if dp is None else dp.num_batches
         first = self.layers[0] if self.layers else None
         saved_flags = (first.need_input_grad if first else True, getattr(loss, "check_labels", None))
         if first is not None:
@@ -363,7 +387,7 @@ class Sequential(LayerContainer):
                 epoch = self.epoch + 1
                 t0 = time.perf_counter()
                 for i, layer in enumerate(self.layers):  # per-epoch streams: resume gives the same numbers
-                    layer.init_state(np.random.default_rng([self.seed, epoch, i]))
+                    layer.init_state(np.random.default_rng([self.seed, epoch, i, *(dp.stream if dp else ())]))
                 xs, ys, order = x, y, None
                 if shuffle:
                     perm = np.random.default_rng([self.seed, epoch]).permutation(n)
@@ -376,9 +400,14 @@ class Sequential(LayerContainer):
                         # GPU: one gather per epoch, so a step slices views instead of launching two kernels
                         xs, ys = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
                 logs = self._run_epoch(xs, ys, order, loss, optimizer, slots, epoch, nb, batch_size, mode,
-                                       verbose, bool(metrics))
+                                       verbose, bool(metrics), dp)
+                if dp is not None:
+                    dp.end_epoch(epoch)
                 if validation_data is not None:
-                    val = self.evaluate(xv, yv, loss=loss, batch_size=max(batch_size, 256))
+                    if dp is None:
+                        val = self.evaluate(xv, yv, loss=loss, batch_size=max(batch_size, 256))
+                    else:
+                        val = dp.evaluate(xv, yv, loss, max(batch_size, 256))
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 logs["time"] = time.perf_counter() - t0
                 self.epoch = epoch
@@ -399,10 +428,12 @@ class Sequential(LayerContainer):
 
     def _run_epoch(self, xs: Array, ys: Array, order: Array | None, loss: Loss, optimizer: Optimizer,
                    slots: list[Slot], epoch: int, nb: int, bs: int, mode: str, verbose: int,
-                   track_accuracy: bool) -> dict[str, float]:
+                   track_accuracy: bool, dp: Any = None) -> dict[str, float]:
         """One epoch of steps over ``xs``/``ys`` in ``order`` (batch ``b`` takes rows
         ``order[b*bs:(b+1)*bs]``), or in their own order when ``order`` is ``None``;
-        ``track_accuracy``: keep the running training accuracy."""
+        ``track_accuracy``: keep the running training accuracy. With ``dp`` (a
+        :class:`~nnxp.dataparallel.DataParallel`, ``mode == "dist"``) this rank takes its
+        slice of each global batch and the gradients are averaged over the ranks."""
         xp, n = self.backend.xp, xs.shape[0]
         layers = self.layers
         zero = xp.zeros((), dtype=self.backend.dtype(self.dtype), device=self.backend.device)
@@ -411,7 +442,7 @@ class Sequential(LayerContainer):
         total, partial, correct = zero, zero, zero
         ok = xp.ones((), dtype=xp.bool, device=self.backend.device) if mode == "device" else None
         # on CPU backends reading a scalar costs nothing: sum loss and hits as host floats, no 0-d arrays
-        host = mode != "device" and self.backend.sync_free
+        host = mode == "dist" or (mode != "device" and self.backend.sync_free)
         total_h = correct_h = 0.0
         # the last batch whose loss was finite; ``ok`` never turns True again, so the first bad one
         # is the next. Batch numbers live on the device, made once: indexing gives a 0-d view, not a
@@ -426,33 +457,40 @@ class Sequential(LayerContainer):
         bar = tqdm(total=n, desc=f"epoch {epoch}", unit="sample", leave=True, dynamic_ncols=True) if tqdm else None
         refresh = max(1, nb // 20)
         seen = 0
+        value = out = hits = None
         for b in range(nb):
-            stop = min((b + 1) * bs, n)  # the standard leaves out-of-range slice stops unspecified
+            # the standard leaves out-of-range slice stops unspecified
+            start, stop = (b * bs, min((b + 1) * bs, n)) if dp is None else dp.rows(epoch, b)
             if order is None:
-                xb, yb = xs[b * bs:stop, ...], ys[b * bs:stop, ...]
+                xb, yb = xs[start:stop, ...], ys[start:stop, ...]
             else:
-                sel = order[b * bs:stop]
+                sel = order[start:stop]
                 xb, yb = xp.take(xs, sel, axis=0), xp.take(ys, sel, axis=0)
             m = xb.shape[0]
-            out = xb
-            for layer in layers:
-                out = layer.forward(out, True)
-            lv = loss.forward(out, yb)
-            if host or mode == "step":
-                value = float(lv)
-                if mode == "step" and not math.isfinite(value):
-                    raise NonFiniteLossError(epoch, b, value)
-            elif mode == "device":  # three calls, no sync: the flag, and the batch it last held for
-                ok = ok & xp.isfinite(lv)
-                last_ok = xp.where(ok, batch_ids[b], last_ok)
-            grad = loss.backward()
-            for layer in reversed(layers):
-                grad = layer.backward(grad)
+            if m:  # always, but for a rank with no rows in a distributed run's short last batch
+                out = xb
+                for layer in layers:
+                    out = layer.forward(out, True)
+                lv = loss.forward(out, yb)
+                if host or mode == "step":
+                    value = float(lv)
+                    if mode == "step" and not math.isfinite(value):
+                        raise NonFiniteLossError(epoch, b, value)
+                elif mode == "device":  # three calls, no sync: the flag, and the batch it last held for
+                    ok = ok & xp.isfinite(lv)
+                    last_ok = xp.where(ok, batch_ids[b], last_ok)
+                grad = loss.backward()
+                for layer in reversed(layers):
+                    grad = layer.backward(grad)
+            if dp is not None:  # one allreduce: gradients, loss and hits of the whole global batch
+                value, hits, m = dp.reduce_step(b, m, value, out, yb, loss)
+                if dp.check_finite and not math.isfinite(value):
+                    raise dp.non_finite(epoch, b, value)
             optimizer.step(slots, ok)
             if host:
                 total_h += value * m
                 if track_accuracy:
-                    correct_h += float(loss.correct(out, yb))
+                    correct_h += hits if dp is not None else float(loss.correct(out, yb))
             else:
                 if m == bs:
                     total = total + lv
