@@ -12,6 +12,7 @@ import numpy as np
 
 from . import io
 from .backends import Backend, backend_of, resolve_backend
+from .callbacks import CallbackList
 from .history import History
 from .layers.base import Array, Layer
 from .losses import Loss, check_label_range, get_loss
@@ -68,6 +69,7 @@ class Sequential:
         self.optimizer: Optimizer | None = None
         self.loss: Loss | None = None
         self.history = History()
+        self.stop_training = False  # a callback sets it to end fit after the current epoch
         self._pick_initialisers()
         rng = np.random.default_rng(self.seed)
         for layer in self.layers:
@@ -242,7 +244,10 @@ class Sequential:
                 non-finite update; ``"device"`` keeps an on-device flag, masks updates once the
                 loss is non-finite and reads it at each progress refresh (no per-step sync);
                 ``"auto"``: step on CPU backends, device on GPUs; ``"off"``.
-            callbacks: callables ``cb(model, epoch, logs)`` run after each epoch.
+            callbacks: :class:`~nnxp.callbacks.Callback` objects (``EarlyStopping``,
+                ``ModelCheckpoint``, ``CSVLogger``, ...) and/or callables ``cb(model, epoch, logs)``
+                run after each epoch; one that sets ``model.stop_training = True`` ends training
+                after that epoch.
             metrics: training metrics kept during the epoch besides the loss: ``("accuracy",)``
                 (the default for classification losses) or ``()`` (the default otherwise).
                 Accuracy costs five array calls per step, which matters on a GPU at small
@@ -276,6 +281,7 @@ class Sequential:
         if metrics and not loss.classification:
             raise ValueError(f"metrics=('accuracy',) needs a classification loss; {loss!r} is a regression loss. "
                              "Pass metrics=() or use SoftmaxCrossEntropy / BinaryCrossEntropy.")
+        cbs = CallbackList(callbacks, self)
         self.loss, self.optimizer = loss, optimizer
         x = self._inputs(x)
         n = x.shape[0]
@@ -302,9 +308,12 @@ class Sequential:
         for o in reusers:
             o.reuse_buffers = True
         saved_loss_backend, loss.backend = loss.backend, self.backend  # the model's kernels, portable or not
+        self.stop_training = False
         try:
+            cbs.on_train_begin()
             for _ in range(epochs):
                 epoch = self.epoch + 1
+                cbs.on_epoch_begin(epoch)
                 t0 = time.perf_counter()
                 for i, layer in enumerate(self.layers):  # per-epoch streams: resume gives the same numbers
                     layer.init_state(np.random.default_rng([self.seed, epoch, i]))
@@ -324,13 +333,18 @@ class Sequential:
                 if validation_data is not None:
                     val = self.evaluate(xv, yv, loss=loss, batch_size=max(batch_size, 256))
                     logs.update({f"val_{k}": v for k, v in val.items()})
+                logs["lr"] = optimizer.lr  # the rate of the epoch's last update
                 logs["time"] = time.perf_counter() - t0
                 self.epoch = epoch
                 self.history.append(epoch, logs)
+                optimizer.end_epoch(logs)  # per-epoch schedules move on; ReduceOnPlateau reads its metric
                 if verbose == 2 or (verbose == 1 and _tqdm() is None):
-                    print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
-                for cb in callbacks:
-                    cb(self, epoch, logs)
+                    print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}"
+                                                         for k, v in logs.items()), flush=True)
+                cbs.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+            cbs.on_train_end(logs if epochs else None)
         finally:
             if first is not None:
                 first.need_input_grad = saved_flags[0]
