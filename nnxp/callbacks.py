@@ -102,18 +102,22 @@ class CallbackList:
             self.callbacks.append(cb)
 
     def on_train_begin(self) -> None:
+        """Every callback's :meth:`Callback.on_train_begin`, in order."""
         for cb in self.callbacks:
             cb.on_train_begin({})
 
     def on_epoch_begin(self, epoch: int) -> None:
+        """Every callback's :meth:`Callback.on_epoch_begin` for 1-based ``epoch``."""
         for cb in self.callbacks:
             cb.on_epoch_begin(epoch, {})
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float]) -> None:
+        """Every callback's :meth:`Callback.on_epoch_end` with the epoch's logs (one dict, shared)."""
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
+        """Every callback's :meth:`Callback.on_train_end` with the last epoch's logs (``{}`` after no epoch)."""
         for cb in self.callbacks:
             cb.on_train_end(dict(logs or {}))
 
@@ -289,6 +293,7 @@ class ModelCheckpoint(Callback):
 
     @property
     def best(self) -> float | None:
+        """The best monitored value written so far (``save_best_only``), else ``None``."""
         return self._mon.best
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float]) -> None:

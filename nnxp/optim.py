@@ -37,7 +37,8 @@ class Optimizer:
             (``clip_grad_value_``, Keras's ``clipvalue``); ``None``: off.
 
     Attributes:
-        lr: the current learning rate (the schedule's value for the last update).
+        lr: the current learning rate: the one the last update used (after
+            :meth:`end_epoch`, with a schedule: the one the next update will use).
         schedule: the schedule, or ``None`` for a constant rate.
         steps: updates made so far (the counter of ``per="step"`` schedules).
         epochs: epochs finished (:meth:`end_epoch`; the counter of ``per="epoch"`` schedules).
