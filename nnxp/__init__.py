@@ -1,6 +1,6 @@
 """nnxp: hand-written backprop on the Python array API (NumPy, CuPy, ...)."""
 
-from . import datasets, init, layers, losses, optim
+from . import callbacks, datasets, init, layers, losses, optim, schedules
 from .backends import (
     Backend,
     BackendMismatchError,
@@ -31,6 +31,7 @@ __all__ = [
     "Sequential",
     "available_backends",
     "backend_of",
+    "callbacks",
     "datasets",
     "get_backend",
     "gradcheck",
@@ -40,6 +41,7 @@ __all__ = [
     "losses",
     "optim",
     "save",
+    "schedules",
     "set_backend",
     "to_device",
     "to_numpy",

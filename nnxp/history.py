@@ -7,10 +7,11 @@ from typing import Any
 
 class History:
     """Metrics per epoch, Keras-style: ``history["loss"]`` is a list with one
-    float per epoch; validation metrics are prefixed ``val_``.
+    float per epoch; validation metrics are prefixed ``val_``; ``lr`` is the
+    learning rate of the epoch's last update and ``time`` its seconds.
 
     Attributes:
-        history: ``{"loss": [...], "accuracy": [...], "val_loss": [...], ...}``.
+        history: ``{"loss": [...], "accuracy": [...], "val_loss": [...], "lr": [...], ...}``.
         epochs: the epoch numbers (1-based, continuing across ``fit`` calls).
     """
 

@@ -204,7 +204,7 @@ def save(model: Sequential, path: str | os.PathLike) -> None:
         "backend": model.backend.name,
         "layers": [layer_spec(layer) for layer in model.layers],  # containers carry their children
         "optimizer": None if opt is None else {"type": type(opt).__name__, "config": opt.config(),
-                                                "steps": opt.steps},
+                                                **opt.counters()},
         "loss": None if model.loss is None else {"type": type(model.loss).__name__, "config": model.loss.config()},
         "history": {"epochs": model.history.epochs, "metrics": model.history.history},
     }
@@ -313,9 +313,10 @@ def restore(model: Sequential, meta: dict[str, Any], arrays: dict[str, np.ndarra
     if opt_meta is not None:
         from . import optim
 
-        opt = getattr(optim, opt_meta["type"])(**{k: tuple(v) if isinstance(v, list) else v
-                                                  for k, v in opt_meta["config"].items()})
-        opt.steps = int(opt_meta.get("steps", 0))
+        try:  # the schedule's position and state, the step and epoch counts travel in opt_meta too
+            opt = optim.from_config(opt_meta["type"], opt_meta["config"], opt_meta)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot rebuild the optimizer: {exc}") from exc
         for name, a in arrays.items():
             if name.startswith("optim/"):
                 _, key, slot = name.split("/")

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import io
 from .backends import Backend, backend_of, resolve_backend
+from .callbacks import CallbackList
 from .distributed import Communicator, guard
 from .history import History
 from .layers.base import Array, Layer
@@ -73,6 +74,7 @@ class Sequential(LayerContainer):
         self.loss: Loss | None = None
         self.history = History()
         self.comm: Communicator | None = None  # of the last fit(distributed=comm): save() writes on rank 0 only
+        self.stop_training = False  # a callback sets it to end fit after the current epoch
         self.build(self.backend, self.dtype, np.random.default_rng(self.seed))
         self.infer_shape(None)
 
@@ -301,7 +303,10 @@ class Sequential(LayerContainer):
                 non-finite update; ``"device"`` keeps an on-device flag, masks updates once the
                 loss is non-finite and reads it at each progress refresh (no per-step sync);
                 ``"auto"``: step on CPU backends, device on GPUs; ``"off"``.
-            callbacks: callables ``cb(model, epoch, logs)`` run after each epoch.
+            callbacks: :class:`~nnxp.callbacks.Callback` objects (``EarlyStopping``,
+                ``ModelCheckpoint``, ``CSVLogger``, ...) and/or callables ``cb(model, epoch, logs)``
+                run after each epoch; one that sets ``model.stop_training = True`` ends training
+                after that epoch.
             metrics: training metrics kept during the epoch besides the loss: ``("accuracy",)``
                 (the default for classification losses) or ``()`` (the default otherwise).
                 Accuracy costs five array calls per step, which matters on a GPU at small
@@ -342,6 +347,7 @@ class Sequential(LayerContainer):
         if metrics and not loss.classification:
             raise ValueError(f"metrics=('accuracy',) needs a classification loss; {loss!r} is a regression loss. "
                              "Pass metrics=() or use SoftmaxCrossEntropy / BinaryCrossEntropy.")
+        cbs = CallbackList(callbacks, self)
         self.loss, self.optimizer = loss, optimizer
         x = self._inputs(x)
         n = x.shape[0]
@@ -382,9 +388,12 @@ class Sequential(LayerContainer):
         for o in reusers:
             o.reuse_buffers = True
         saved_loss_backend, loss.backend = loss.backend, self.backend  # the model's kernels, portable or not
+        self.stop_training = False
         try:
+            cbs.on_train_begin()
             for _ in range(epochs):
                 epoch = self.epoch + 1
+                cbs.on_epoch_begin(epoch)
                 t0 = time.perf_counter()
                 for i, layer in enumerate(self.layers):  # per-epoch streams: resume gives the same numbers
                     layer.init_state(np.random.default_rng([self.seed, epoch, i, *(dp.stream if dp else ())]))
@@ -409,13 +418,18 @@ class Sequential(LayerContainer):
                     else:
                         val = dp.evaluate(xv, yv, loss, max(batch_size, 256))
                     logs.update({f"val_{k}": v for k, v in val.items()})
+                logs["lr"] = optimizer.lr  # the rate of the epoch's last update
                 logs["time"] = time.perf_counter() - t0
                 self.epoch = epoch
                 self.history.append(epoch, logs)
+                optimizer.end_epoch(logs)  # per-epoch schedules move on; ReduceOnPlateau reads its metric
                 if verbose == 2 or (verbose == 1 and _tqdm() is None):
-                    print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
-                for cb in callbacks:
-                    cb(self, epoch, logs)
+                    print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}"
+                                                         for k, v in logs.items()), flush=True)
+                cbs.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+            cbs.on_train_end(logs if epochs else None)
         finally:
             if first is not None:
                 first.need_input_grad = saved_flags[0]

@@ -265,6 +265,23 @@ def test_only_rank0_prints(capsys: pytest.CaptureFixture) -> None:
     assert out.count("epoch 1:") == 1 and out.count("epoch 2:") == 1
 
 
+def test_only_rank0_writes_callback_files(tmp_path: Path) -> None:
+    from nnxp import callbacks
+
+    x, y = _data(24)
+
+    def rank(comm):
+        cbs = [callbacks.CSVLogger(tmp_path / f"log{comm.rank}.csv"),
+               callbacks.ModelCheckpoint(tmp_path / f"ckpt{comm.rank}.npz", monitor="loss")]
+        _mlp().fit(x, y, loss=losses.SoftmaxCrossEntropy(), optimizer=optim.SGD(lr=0.1), epochs=2, batch_size=4,
+                   verbose=0, distributed=comm, callbacks=cbs)
+
+    _results(run_threads(rank, 3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt0.npz", "log0.csv"]
+    rows = (tmp_path / "log0.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,") and len(rows) == 3
+
+
 # ------------------------------------------------------------ faults
 @pytest.mark.parametrize(("what", "pattern"), [
     ("batch_size", r"batch_size: rank 0 has 4; rank 1 has 5"),

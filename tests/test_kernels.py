@@ -31,6 +31,11 @@ OPTIMIZERS = {
     "adam": lambda: optim.Adam(lr=1e-3),
     "adam_l2": lambda: optim.Adam(lr=1e-3, weight_decay=1e-2),
     "adamw": lambda: optim.AdamW(lr=1e-3),
+    "rmsprop": lambda: optim.RMSprop(lr=1e-3),
+    "rmsprop_all": lambda: optim.RMSprop(lr=1e-3, momentum=0.9, centered=True, weight_decay=1e-2),
+    "adagrad": lambda: optim.Adagrad(lr=0.01, lr_decay=1e-3, weight_decay=1e-3, initial_accumulator_value=0.1),
+    "momentum_clipnorm": lambda: optim.SGD(lr=0.05, momentum=0.9, clip_norm=0.5),
+    "adam_clipvalue": lambda: optim.Adam(lr=1e-3, clip_value=0.01),
 }
 
 
@@ -94,7 +99,8 @@ def test_portable_twin_is_equal_but_runs_the_portable_kernels() -> None:
     assert p.owns(np.ones(2)) and p.sync_free == b.sync_free
     assert p.workspace(object()) is None  # portable kernels never write into buffers
     assert {"linear", "linear_backward", "relu", "relu_backward", "softmax_cross_entropy", "sgd_update",
-            "adam_update"} <= set(_kernels_overridden(b))
+            "adam_update", "rmsprop_update", "adagrad_update", "clip_by_value",
+            "clip_by_global_norm"} <= set(_kernels_overridden(b))
 
 
 # ------------------------------------------------------------------ whole training runs

@@ -57,7 +57,8 @@ def test_fit_returns_history(backend: nnxp.Backend) -> None:
                    validation_data=(xv, yv), verbose=0, callbacks=[lambda m, e, logs: seen.append((e, dict(logs)))])
     assert isinstance(hist, nnxp.History) and hist is net.history
     assert len(hist) == 3 and hist.epochs == [1, 2, 3] and net.epoch == 3
-    assert set(hist.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "time"}
+    assert set(hist.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"}
+    assert hist["lr"] == [0.01] * 3
     for k, v in hist.history.items():
         assert len(v) == 3 and all(isinstance(f, float) and np.isfinite(f) for f in v), k
     assert all(0 <= a <= 1 for a in hist["accuracy"] + hist["val_accuracy"])
@@ -72,7 +73,7 @@ def test_fit_returns_history(backend: nnxp.Backend) -> None:
     assert "History(epochs=5" in repr(hist2)
     reg = nnxp.Sequential([layers.Dense(4, 1)], backend=backend)
     h = reg.fit(x, x[:, :1], loss="mse", optimizer="sgd", epochs=1, verbose=0)
-    assert set(h.history) == {"loss", "time"}
+    assert set(h.history) == {"loss", "lr", "time"}
 
 
 def test_xor_converges(backend: nnxp.Backend) -> None:
@@ -412,7 +413,7 @@ def test_verbose_2_prints_one_line_per_epoch(capsys: pytest.CaptureFixture) -> N
     assert len(lines) == 3
     for i, line in enumerate(lines, 1):
         assert line.startswith(f"epoch {i}:")
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr 0.01,"):
             assert key in line
     assert err == ""
 

@@ -9,7 +9,7 @@ import torch_twins
 from helpers import assert_close, assert_on
 
 import nnxp
-from nnxp import layers, losses, optim
+from nnxp import layers, losses, optim, schedules
 
 CONFIGS = [
     ("sgd", lambda: optim.SGD(lr=0.1)),
@@ -23,6 +23,25 @@ CONFIGS = [
     ("adam-l2", lambda: optim.Adam(lr=0.01, weight_decay=0.1)),
     ("adamw", lambda: optim.AdamW(lr=0.01, weight_decay=0.1)),
     ("adamw-default", lambda: optim.AdamW(lr=0.01)),
+    ("rmsprop", lambda: optim.RMSprop(lr=0.01)),
+    ("rmsprop-momentum", lambda: optim.RMSprop(lr=0.01, alpha=0.9, eps=1e-6, momentum=0.9)),
+    ("rmsprop-centered-wd", lambda: optim.RMSprop(lr=0.01, centered=True, weight_decay=0.1)),
+    ("rmsprop-all", lambda: optim.RMSprop(lr=0.005, alpha=0.95, momentum=0.5, centered=True, weight_decay=0.01)),
+    ("adagrad", lambda: optim.Adagrad(lr=0.1)),
+    ("adagrad-all", lambda: optim.Adagrad(lr=0.1, lr_decay=0.05, eps=1e-8, initial_accumulator_value=0.1,
+                                          weight_decay=0.1)),
+    # clipping (the random gradients have a global norm near 5 and elements beyond 0.5) and schedules
+    ("sgd-clipnorm", lambda: optim.SGD(lr=0.1, momentum=0.9, clip_norm=1.0)),
+    ("adam-clipnorm-big", lambda: optim.Adam(lr=0.01, clip_norm=100.0)),  # not reached: no change
+    ("adamw-clipvalue", lambda: optim.AdamW(lr=0.01, clip_value=0.5)),
+    ("rmsprop-clipnorm", lambda: optim.RMSprop(lr=0.01, momentum=0.5, clip_norm=0.5)),
+    ("adagrad-clipvalue", lambda: optim.Adagrad(lr=0.1, clip_value=0.3)),
+    ("momentum-cosine", lambda: optim.SGD(lr=schedules.CosineWarmup(0.1, total_steps=4, warmup_steps=2),
+                                          momentum=0.9)),
+    ("adam-step-clip", lambda: optim.Adam(lr=schedules.StepDecay(0.02, step_size=2, gamma=0.5), clip_norm=2.0)),
+    ("rmsprop-exp", lambda: optim.RMSprop(lr=schedules.ExponentialDecay(0.01, 0.8))),
+    ("adagrad-cosine", lambda: optim.Adagrad(lr=schedules.CosineWarmup(0.1, 5, 1, min_lr=0.01, warmup_start=0.5),
+                                             lr_decay=0.1)),
 ]
 IDS = [c[0] for c in CONFIGS]
 STEPS = 5
@@ -79,14 +98,16 @@ def test_matches_torch_optim(backend: nnxp.Backend, name: str, make) -> None:
                 assert_close(v, tparams[f"{i}.{k}"].detach().numpy(), backend, "float64", rtol=1e-12, atol=1e-14,
                              err_msg=f"step {step + 1}, {i}.{k}")
     assert opt.steps == STEPS
-    # momentum buffers / Adam moments agree with torch's state too
+    if opt.schedule is not None:
+        assert opt.lr == opt.schedule(STEPS - 1)  # the rate of the last update
+    # momentum buffers, moments and sums agree with torch's state too
+    names = {"velocity": "momentum_buffer", "m": "exp_avg", "v": "exp_avg_sq", "square_avg": "square_avg",
+             "grad_avg": "grad_avg", "sum": "sum"}
     for key, t in tparams.items():
         tst = topt.state[t]
-        if "velocity" in opt.state[key]:
-            assert_close(opt.state[key]["velocity"], tst["momentum_buffer"].numpy(), backend, "float64", rtol=1e-12)
-        if "m" in opt.state[key]:
-            assert_close(opt.state[key]["m"], tst["exp_avg"].numpy(), backend, "float64", rtol=1e-12, atol=1e-15)
-            assert_close(opt.state[key]["v"], tst["exp_avg_sq"].numpy(), backend, "float64", rtol=1e-12, atol=1e-15)
+        assert opt.state[key].keys() <= names.keys()
+        for k, v in opt.state[key].items():
+            assert_close(v, tst[names[k]].numpy(), backend, "float64", rtol=1e-12, atol=1e-15, err_msg=f"{key}/{k}")
 
 
 def test_sgd_by_hand(backend: nnxp.Backend) -> None:
@@ -152,7 +173,14 @@ def test_state_lives_on_param_backend(backend: nnxp.Backend, dtype: str, name: s
             assert_on(p, backend, dtype, tuple(p.shape))
             for v in opt.state[f"{i}.{k}"].values():
                 assert_on(v, backend, dtype, tuple(p.shape))
-    expected = {"velocity"} if getattr(opt, "momentum", 0) else ({"m", "v"} if isinstance(opt, optim.Adam) else set())
+    if isinstance(opt, optim.Adam):
+        expected = {"m", "v"}
+    elif isinstance(opt, optim.RMSprop):
+        expected = {"square_avg", *(["grad_avg"] if opt.centered else []), *(["velocity"] if opt.momentum else [])}
+    elif isinstance(opt, optim.Adagrad):
+        expected = {"sum"}
+    else:
+        expected = {"velocity"} if opt.momentum else set()
     assert all(set(st) == expected for st in opt.state.values())
 
 
@@ -206,9 +234,19 @@ def test_model_to_moves_optimizer_state(backend: nnxp.Backend, make) -> None:
         (lambda: optim.Adam(betas=(0.9, -0.1)), "betas"),
         (lambda: optim.AdamW(betas=(0.9, 1.5)), "betas"),
         (lambda: optim.Adam(eps=-1e-8), "eps"),
+        (lambda: optim.RMSprop(alpha=1.0), "alpha"),
+        (lambda: optim.RMSprop(momentum=-0.1), "momentum"),
+        (lambda: optim.RMSprop(eps=-1.0), "eps"),
+        (lambda: optim.RMSprop(lr=0), "Learning rate"),
+        (lambda: optim.Adagrad(lr_decay=-0.1), "lr_decay"),
+        (lambda: optim.Adagrad(initial_accumulator_value=-1), "initial_accumulator_value"),
+        (lambda: optim.SGD(clip_norm=0), "clip_norm"),
+        (lambda: optim.Adam(clip_value=-1.0), "clip_value"),
+        (lambda: optim.SGD(clip_norm=1.0, clip_value=1.0), "not both"),
     ],
     ids=["lr0", "lr-neg", "lr-nan", "adam-lr0", "wd-neg", "adamw-wd-neg", "momentum1", "momentum-neg",
-         "nesterov-no-momentum", "beta1", "beta2-neg", "beta2-big", "eps-neg"],
+         "nesterov-no-momentum", "beta1", "beta2-neg", "beta2-big", "eps-neg", "rms-alpha", "rms-momentum",
+         "rms-eps", "rms-lr0", "adagrad-decay", "adagrad-init", "clip-norm-0", "clip-value-neg", "clip-both"],
 )
 def test_invalid_hyperparameters(make, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -222,11 +260,22 @@ def test_get_optimizer_and_config() -> None:
     assert isinstance(optim.get_optimizer("adamw"), optim.AdamW)
     inst = optim.SGD()
     assert optim.get_optimizer(inst) is inst
-    with pytest.raises(ValueError, match="Unknown optimizer 'rmsprop'"):
-        optim.get_optimizer("rmsprop")
+    assert isinstance(optim.get_optimizer("RMSprop", momentum=0.5), optim.RMSprop)
+    assert isinstance(optim.get_optimizer("adagrad"), optim.Adagrad)
+    with pytest.raises(ValueError, match="Unknown optimizer 'lion'"):
+        optim.get_optimizer("lion")
+    with pytest.raises(TypeError, match=r"lr must be a number or an nnxp\.schedules\.Schedule"):
+        optim.SGD(lr="0.1")
     sgd = optim.SGD(lr=0.1, momentum=0.9, nesterov=True)
     assert sgd.config() == {"lr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "nesterov": True}
     assert optim.AdamW().weight_decay == 0.01 and optim.AdamW.decoupled and not optim.Adam.decoupled
     clone = optim.AdamW(**{k: tuple(v) if isinstance(v, list) else v for k, v in optim.AdamW(lr=0.3).config().items()})
     assert clone.config() == optim.AdamW(lr=0.3).config()
     assert repr(sgd).startswith("SGD(lr=0.1")
+    # every optimizer rebuilds from its config, schedules and clipping included (as checkpoints do)
+    for _, make in CONFIGS:
+        opt = make()
+        again = optim.from_config(type(opt).__name__, opt.config())
+        assert type(again) is type(opt) and again.config() == opt.config() and repr(again) == repr(opt)
+    with pytest.raises(ValueError, match="Unknown optimizer type 'Lion'"):
+        optim.from_config("Lion", {})

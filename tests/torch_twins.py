@@ -281,17 +281,34 @@ def model_params(model: nnxp.Sequential) -> dict[str, np.ndarray]:
 
 
 def torch_optimizer(opt: optim.Optimizer, params: Any) -> Any:
-    """The ``torch.optim`` optimizer with the same hyperparameters as ``opt``."""
+    """The ``torch.optim`` optimizer with the same hyperparameters as ``opt``.
+
+    When ``opt`` clips gradients or has a learning-rate schedule, the result
+    is a :class:`TwinOptimizer`: the torch optimizer plus
+    ``torch.nn.utils.clip_grad_*_`` before each step and the
+    ``torch.optim.lr_scheduler`` twin of the schedule after it.
+    """
     th = torch()
     params = list(params)
+    lr = opt.lr if opt.schedule is None else opt.schedule.lr  # torch schedulers scale the base rate
     if isinstance(opt, optim.SGD):
-        return th.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
+        topt = th.optim.SGD(params, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov,
                             weight_decay=opt.weight_decay)
-    if isinstance(opt, optim.AdamW):
-        return th.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
-    if isinstance(opt, optim.Adam):
-        return th.optim.Adam(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
-    raise NotImplementedError(f"no torch twin for {opt!r}")
+    elif isinstance(opt, optim.AdamW):
+        topt = th.optim.AdamW(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    elif isinstance(opt, optim.Adam):
+        topt = th.optim.Adam(params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    elif isinstance(opt, optim.RMSprop):
+        topt = th.optim.RMSprop(params, lr=lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum,
+                                centered=opt.centered, weight_decay=opt.weight_decay)
+    elif isinstance(opt, optim.Adagrad):
+        topt = th.optim.Adagrad(params, lr=lr, lr_decay=opt.lr_decay, eps=opt.eps, weight_decay=opt.weight_decay,
+                                initial_accumulator_value=opt.initial_accumulator_value)
+    else:
+        raise NotImplementedError(f"no torch twin for {opt!r}")
+    if opt.schedule is None and opt.clip_norm is None and opt.clip_value is None:
+        return topt
+    return TwinOptimizer(opt, topt, params)
 
 
 def torch_loss_fn(loss: losses.Loss) -> Any:
@@ -343,3 +360,115 @@ def nnxp_train_steps(model: nnxp.Sequential, loss: losses.Loss, opt: optim.Optim
         model.backward(loss.backward())
         opt.step(slots)
     return values
+
+
+# -------------------------------------------------------- schedules, clipping
+def torch_scheduler(schedule: Any, topt: Any) -> Any:
+    """The ``torch.optim.lr_scheduler`` twin of an nnxp schedule, on ``topt`` (whose lr is ``schedule.lr``)."""
+    from nnxp import schedules
+
+    lrs = torch().optim.lr_scheduler
+    if isinstance(schedule, schedules.StepDecay):
+        return lrs.StepLR(topt, step_size=schedule.step_size, gamma=schedule.gamma)
+    if isinstance(schedule, schedules.ExponentialDecay):
+        if schedule.staircase:
+            return lrs.StepLR(topt, step_size=schedule.decay_steps, gamma=schedule.decay_rate)
+        if schedule.decay_steps == 1:
+            return lrs.ExponentialLR(topt, gamma=schedule.decay_rate)
+        return lrs.LambdaLR(topt, lambda t: schedule.decay_rate ** (t / schedule.decay_steps))
+    if isinstance(schedule, schedules.CosineWarmup):
+        w, total = schedule.warmup_steps, schedule.total_steps
+        if w == 0:
+            return lrs.CosineAnnealingLR(topt, T_max=total, eta_min=schedule.min_lr)
+        if schedule.warmup_start > 0:
+            warm = lrs.LinearLR(topt, start_factor=schedule.warmup_start, end_factor=1.0, total_iters=w)
+        else:  # LinearLR refuses start_factor=0: the same straight line through LambdaLR
+            warm = lrs.LambdaLR(topt, lambda t: t / w)
+        cos = lrs.CosineAnnealingLR(topt, T_max=total - w, eta_min=schedule.min_lr)
+        return lrs.SequentialLR(topt, [warm, cos], milestones=[w])
+    if isinstance(schedule, schedules.ReduceOnPlateau):
+        return lrs.ReduceLROnPlateau(topt, mode=schedule.mode, factor=schedule.factor, patience=schedule.patience,
+                                     threshold=schedule.min_delta, threshold_mode=schedule.threshold_mode,
+                                     cooldown=schedule.cooldown, min_lr=schedule.min_lr, eps=schedule.eps)
+    raise NotImplementedError(f"no torch twin for {schedule!r}")
+
+
+class TwinOptimizer:
+    """A torch optimizer with the clipping and schedule of an nnxp optimizer around its steps.
+
+    ``step()`` clips the gradients (``clip_grad_norm_`` / ``clip_grad_value_``),
+    steps the optimizer, then steps a per-step scheduler; ``end_epoch(logs)``
+    steps a per-epoch one (``ReduceLROnPlateau`` with ``logs[monitor]``).
+    """
+
+    def __init__(self, opt: optim.Optimizer, topt: Any, params: list[Any]) -> None:
+        self.opt, self.topt, self.params = opt, topt, params
+        self.schedule = opt.schedule
+        self.scheduler = None if opt.schedule is None else torch_scheduler(opt.schedule, topt)
+        self.state, self.param_groups = topt.state, topt.param_groups
+
+    @property
+    def lr(self) -> float:
+        return self.topt.param_groups[0]["lr"]
+
+    def zero_grad(self) -> None:
+        self.topt.zero_grad()
+
+    def step(self) -> None:
+        utils = torch().nn.utils
+        if self.opt.clip_norm is not None:
+            utils.clip_grad_norm_(self.params, self.opt.clip_norm, foreach=False)
+        if self.opt.clip_value is not None:
+            utils.clip_grad_value_(self.params, self.opt.clip_value, foreach=False)
+        self.topt.step()
+        if self.scheduler is not None and self.schedule.per == "step":
+            self.scheduler.step()
+
+    def end_epoch(self, logs: dict[str, float]) -> None:
+        from nnxp import schedules
+
+        if isinstance(self.schedule, schedules.ReduceOnPlateau):
+            self.scheduler.step(logs[self.schedule.monitor])
+        elif self.scheduler is not None and self.schedule.per == "epoch":
+            self.scheduler.step()
+
+
+def torch_fit(model: nnxp.Sequential, loss: losses.Loss, opt: optim.Optimizer, x: np.ndarray, y: np.ndarray,
+              epochs: int, batch_size: int, validation_data: tuple[np.ndarray, np.ndarray] | None = None
+              ) -> tuple[Any, dict[str, list[float]]]:
+    """``model.fit(..., shuffle=False)`` on a torch twin of ``model`` (copied now, before nnxp trains):
+    the same batches, the clipping and schedule of ``opt``, validation after each epoch.
+
+    Returns:
+        ``(twin, history)`` with ``loss``, ``val_loss`` (with validation data) and ``lr`` per epoch,
+        as ``fit`` records them (``lr``: the rate of the epoch's last update).
+    """
+    th = torch()
+    twin = torch_model(model)
+    topt = torch_optimizer(opt, twin.parameters())
+    fn = torch_loss_fn(loss)
+
+    def target(a: np.ndarray) -> Any:
+        return th.tensor(a) if np.issubdtype(a.dtype, np.integer) else _t(a)
+
+    hist: dict[str, list[float]] = {"loss": [], "lr": []}
+    n = x.shape[0]
+    for _ in range(epochs):
+        total = 0.0
+        for i in range(0, n, batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            lr = topt.param_groups[0]["lr"]
+            topt.zero_grad()
+            value = fn(twin(_t(xb)), target(yb))
+            value.backward()
+            topt.step()
+            total += float(value.detach()) * xb.shape[0]
+        logs = {"loss": total / n, "lr": lr}
+        if validation_data is not None:
+            with th.no_grad():
+                logs["val_loss"] = float(fn(twin(_t(validation_data[0])), target(validation_data[1])))
+        for k, v in logs.items():
+            hist.setdefault(k, []).append(v)
+        if isinstance(topt, TwinOptimizer):
+            topt.end_epoch(logs)
+    return twin, hist

@@ -386,6 +386,110 @@ class Backend:
             delta = delta + (lr * weight_decay) * p
         return p - delta
 
+    def rmsprop_update(self, p: Any, g: Any, state: dict[str, Any], lr: float, alpha: float, eps: float,
+                       momentum: float, centered: bool, weight_decay: float, inplace: bool = True,
+                       ws: Workspace | None = None) -> Any:
+        """One RMSprop step (PyTorch's formulation); updates ``state``.
+
+        ``s = alpha * s + (1 - alpha) * g**2``; centered also keeps the mean
+        gradient ``a`` and divides by ``sqrt(s - a**2) + eps`` instead of
+        ``sqrt(s) + eps``; with momentum the step goes through a buffer
+        ``b = momentum * b + g / denom``.
+
+        Args:
+            p: the parameter.
+            g: its gradient.
+            state: ``{"square_avg"}``, plus ``"grad_avg"`` when centered and
+                ``"velocity"`` with momentum.
+            lr: learning rate.
+            alpha: decay rate of the averages.
+            eps: added to the denominator.
+            momentum: momentum factor (0: none).
+            centered: divide by the estimated variance instead of the second moment.
+            weight_decay: L2 penalty added to the gradient.
+            inplace: see :meth:`sgd_update`.
+            ws: scratch buffers for an override.
+
+        Returns:
+            The updated parameter.
+        """
+        xp = self.xp
+        if weight_decay:
+            g = g + weight_decay * p
+        s = state["square_avg"] = alpha * state["square_avg"] + (1 - alpha) * (g * g)
+        if centered:
+            a = state["grad_avg"] = alpha * state["grad_avg"] + (1 - alpha) * g
+            denom = xp.sqrt(s - a * a) + eps
+        else:
+            denom = xp.sqrt(s) + eps
+        if momentum:
+            b = state["velocity"] = momentum * state["velocity"] + g / denom
+            return p - lr * b
+        return p - lr * (g / denom)
+
+    def adagrad_update(self, p: Any, g: Any, state: dict[str, Any], lr: float, eps: float, weight_decay: float,
+                       inplace: bool = True, ws: Workspace | None = None) -> Any:
+        """One Adagrad step (PyTorch's formulation); updates ``state["sum"]``.
+
+        ``s = s + g**2``; ``p = p - lr * g / (sqrt(s) + eps)``.
+
+        Args:
+            p: the parameter.
+            g: its gradient.
+            state: ``{"sum": ...}``, the running sum of squared gradients.
+            lr: learning rate of this step (after Adagrad's own ``lr_decay``).
+            eps: added to the denominator.
+            weight_decay: L2 penalty added to the gradient.
+            inplace: see :meth:`sgd_update`.
+            ws: scratch buffers for an override.
+
+        Returns:
+            The updated parameter.
+        """
+        xp = self.xp
+        if weight_decay:
+            g = g + weight_decay * p
+        s = state["sum"] = state["sum"] + g * g
+        return p - lr * (g / (xp.sqrt(s) + eps))
+
+    def clip_by_value(self, grads: list[Any], clip_value: float, ws: Workspace | None = None) -> list[Any]:
+        """Every gradient clipped elementwise to ``[-clip_value, clip_value]``
+        (``torch.nn.utils.clip_grad_value_``); the inputs are left as they are.
+
+        Args:
+            grads: the gradients of one step.
+            clip_value: the bound (> 0).
+            ws: buffers an override may write the results into.
+
+        Returns:
+            The clipped gradients, in order.
+        """
+        xp = self.xp
+        return [xp.clip(g, min=-clip_value, max=clip_value) for g in grads]
+
+    def clip_by_global_norm(self, grads: list[Any], max_norm: float, eps: float = 1e-6,
+                            ws: Workspace | None = None) -> tuple[list[Any], Any]:
+        """The gradients scaled by ``min(1, max_norm / (norm + eps))``, where
+        ``norm`` is the 2-norm of all of them together (``torch.nn.utils.clip_grad_norm_``).
+
+        One square root of the sum of every gradient's sum of squares; the
+        scale is a 0-d device array, so nothing is read on the host. The
+        inputs are left as they are.
+
+        Args:
+            grads: the gradients of one step (one dtype).
+            max_norm: the largest global norm let through (> 0).
+            eps: keeps the division finite for zero gradients.
+            ws: buffers an override may write the results into.
+
+        Returns:
+            ``(clipped gradients, norm)``: the norm before clipping, a 0-d device array.
+        """
+        xp = self.xp
+        norm = xp.sqrt(xp.sum(xp.stack([xp.sum(g * g) for g in grads])))
+        scale = xp.clip(max_norm / (norm + eps), max=1.0)
+        return [g * scale for g in grads], norm
+
     # ---------------------------------------------------------------- helpers
     def zero(self, like: Any) -> Any:
         """A 0-d zero of ``like``'s dtype on this device, made once per dtype.

@@ -181,6 +181,75 @@ class NumpyBackend(Backend):
         out = np.bincount(cells, weights=values.reshape(-1), minlength=num_rows * d)
         return out.reshape(num_rows, d).astype(values.dtype, copy=False)
 
+    def rmsprop_update(self, p: Any, g: Any, state: dict[str, Any], lr: float, alpha: float, eps: float,
+                       momentum: float, centered: bool, weight_decay: float, inplace: bool = True,
+                       ws: Workspace | None = None) -> Any:
+        """In place with ``out=`` ufuncs into scratch arrays: the same operations, no temporaries."""
+        if not inplace or ws is None:
+            return super().rmsprop_update(p, g, state, lr, alpha, eps, momentum, centered, weight_decay, inplace, ws)
+        if weight_decay:
+            gw = ws.scratch("c", p.shape, p.dtype)
+            np.multiply(p, weight_decay, out=gw)
+            g = np.add(g, gw, out=gw)
+        a = ws.scratch("a", p.shape, p.dtype)
+        s = state["square_avg"]
+        np.multiply(s, alpha, out=s)
+        np.multiply(g, g, out=a)
+        np.add(s, np.multiply(a, 1 - alpha, out=a), out=s)
+        d = ws.scratch("b", p.shape, p.dtype)
+        if centered:
+            m = state["grad_avg"]
+            np.multiply(m, alpha, out=m)
+            np.add(m, np.multiply(g, 1 - alpha, out=a), out=m)
+            np.subtract(s, np.multiply(m, m, out=d), out=d)
+            np.sqrt(d, out=d)
+        else:
+            np.sqrt(s, out=d)
+        np.add(d, eps, out=d)
+        np.divide(g, d, out=d)
+        if momentum:
+            v = state["velocity"]
+            np.multiply(v, momentum, out=v)
+            np.add(v, d, out=v)
+            d = np.multiply(v, lr, out=d)
+        else:
+            np.multiply(d, lr, out=d)
+        return np.subtract(p, d, out=p)
+
+    def adagrad_update(self, p: Any, g: Any, state: dict[str, Any], lr: float, eps: float, weight_decay: float,
+                       inplace: bool = True, ws: Workspace | None = None) -> Any:
+        """In place with ``out=`` ufuncs into scratch arrays: the same operations, no temporaries."""
+        if not inplace or ws is None:
+            return super().adagrad_update(p, g, state, lr, eps, weight_decay, inplace, ws)
+        if weight_decay:
+            gw = ws.scratch("c", p.shape, p.dtype)
+            np.multiply(p, weight_decay, out=gw)
+            g = np.add(g, gw, out=gw)
+        s = state["sum"]
+        np.add(s, np.multiply(g, g, out=ws.scratch("a", p.shape, p.dtype)), out=s)
+        d = ws.scratch("b", p.shape, p.dtype)
+        np.add(np.sqrt(s, out=d), eps, out=d)
+        np.divide(g, d, out=d)
+        return np.subtract(p, np.multiply(d, lr, out=d), out=p)
+
+    def clip_by_value(self, grads: list[Any], clip_value: float, ws: Workspace | None = None) -> list[Any]:
+        """Into reused buffers, one per gradient."""
+        if ws is None:
+            return super().clip_by_value(grads, clip_value, ws)
+        return [np.clip(g, -clip_value, clip_value, out=ws.get(f"clip{i}", g.shape, g.dtype))
+                for i, g in enumerate(grads)]
+
+    def clip_by_global_norm(self, grads: list[Any], max_norm: float, eps: float = 1e-6,
+                            ws: Workspace | None = None) -> tuple[list[Any], Any]:
+        """Each sum of squares as one BLAS dot product (no ``g * g`` temporary); the
+        scaled gradients go into reused buffers, one per gradient."""
+        if ws is None:
+            return super().clip_by_global_norm(grads, max_norm, eps, ws)
+        flat = [g.reshape(-1) for g in grads]
+        norm = np.asarray(np.sqrt(np.add.reduce(np.stack([np.dot(f, f) for f in flat]))))  # 0-d, not a scalar
+        scale = np.minimum(max_norm / (norm + eps), 1.0)
+        return [np.multiply(g, scale, out=ws.get(f"clip{i}", g.shape, g.dtype)) for i, g in enumerate(grads)], norm
+
 
 def _like(arr: Any, ref: np.ndarray) -> np.ndarray:
     """``arr`` if it is a NumPy array shaped and typed like ``ref``, else a new one."""

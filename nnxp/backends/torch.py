@@ -161,6 +161,43 @@ class TorchBackend(Backend):
             p.mul_(1 - lr * weight_decay)  # torch.optim.AdamW's order: decay, then the Adam step
         return p.addcdiv_(m, denom, value=-size)
 
+    def rmsprop_update(self, p: Any, g: Any, state: dict[str, Any], lr: float, alpha: float, eps: float,
+                       momentum: float, centered: bool, weight_decay: float, inplace: bool = True,
+                       ws: Workspace | None = None) -> Any:
+        if not inplace:  # the same arithmetic on copies: a masked step gives the unmasked numbers
+            p = _fresh(p, state)
+        if weight_decay:
+            g = g.add(p, alpha=weight_decay)
+        s = state["square_avg"].mul_(alpha).addcmul_(g, g, value=1 - alpha)
+        if centered:  # torch.optim.RMSprop's operations
+            a = state["grad_avg"].lerp_(g, 1 - alpha)
+            denom = s.addcmul(a, a, value=-1).sqrt_().add_(eps)
+        else:
+            denom = s.sqrt().add_(eps)
+        if momentum:
+            return p.add_(state["velocity"].mul_(momentum).addcdiv_(g, denom), alpha=-lr)
+        return p.addcdiv_(g, denom, value=-lr)
+
+    def adagrad_update(self, p: Any, g: Any, state: dict[str, Any], lr: float, eps: float, weight_decay: float,
+                       inplace: bool = True, ws: Workspace | None = None) -> Any:
+        if not inplace:
+            p = _fresh(p, state)
+        if weight_decay:
+            g = g.add(p, alpha=weight_decay)
+        s = state["sum"].addcmul_(g, g, value=1)
+        return p.addcdiv_(g, s.sqrt().add_(eps), value=-lr)
+
+    def clip_by_value(self, grads: list[Any], clip_value: float, ws: Workspace | None = None) -> list[Any]:
+        return [g.clamp(-clip_value, clip_value) for g in grads]
+
+    def clip_by_global_norm(self, grads: list[Any], max_norm: float, eps: float = 1e-6,
+                            ws: Workspace | None = None) -> tuple[list[Any], Any]:
+        """torch's own ``clip_grad_norm_`` arithmetic (the norm of the per-tensor norms), out of place."""
+        torch = self._torch
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = (max_norm / (norm + eps)).clamp_(max=1.0)
+        return [g * scale for g in grads], norm
+
     def _rows(self, n: int) -> Any:
         key = ("rows", n)
         rows = self._constants.get(key)
