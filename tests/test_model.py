@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch_twins
-from conftest import TOLERANCES
+from conftest import TOLERANCES, works
 from helpers import assert_close, assert_on
 
 import nnxp
@@ -433,9 +433,13 @@ def test_to_keeps_predictions(backend: nnxp.Backend, dtype: str) -> None:
     assert_close(net.predict(x), ref, backend, dtype, **TOLERANCES[dtype])
     with pytest.raises(nnxp.BackendMismatchError):
         net.forward(nnxp.to_device(x, "numpy" if backend.name != "numpy" else "array_api_strict"))
-    for other in ("array_api_strict:device1", "array_api_strict", "numpy"):
+    # then through every other CPU backend (DLPack or host copies, always copies to and from JAX)
+    for other in [b for b in ("torch", "jax", "array_api_strict:device1", "array_api_strict", "numpy") if works(b)]:
         net.to(other)
         assert_close(net.predict(x), ref, net.backend, dtype, **TOLERANCES[dtype])
+        for key, st in net.optimizer.state.items():
+            for v in st.values():
+                assert_on(v, net.backend, dtype)
     net.fit(x, y, epochs=1, verbose=0)  # still trains after the round trip
 
 
