@@ -437,7 +437,7 @@ def test_to_keeps_predictions(backend: nnxp.Backend, dtype: str) -> None:
     for other in [b for b in ("torch", "jax", "array_api_strict:device1", "array_api_strict", "numpy") if works(b)]:
         net.to(other)
         assert_close(net.predict(x), ref, net.backend, dtype, **TOLERANCES[dtype])
-        for key, st in net.optimizer.state.items():
+        for st in net.optimizer.state.values():
             for v in st.values():
                 assert_on(v, net.backend, dtype)
     net.fit(x, y, epochs=1, verbose=0)  # still trains after the round trip
