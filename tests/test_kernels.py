@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import TOLERANCES, works
+from helpers import assert_on
 
 import nnxp
 from nnxp import layers, losses, optim
@@ -277,3 +278,43 @@ def test_workspace_reuses_and_views() -> None:
     assert ws.nbytes() == d.nbytes + e.nbytes
     ws.clear()
     assert ws.nbytes() == 0
+
+
+# ------------------------------------------------------------------ every override is compared
+#: kernel -> the test module that compares its overrides with the portable version
+COMPARED_IN = {
+    "linear": "test_kernels", "linear_backward": "test_kernels", "relu": "test_kernels",
+    "relu_backward": "test_kernels", "softmax_cross_entropy": "test_kernels",
+    "softmax_cross_entropy_backward": "test_kernels", "count_correct": "test_kernels",
+    "dropout_mask": "test_kernels", "sgd_update": "test_kernels", "adam_update": "test_kernels",
+    "rmsprop_update": "test_kernels", "adagrad_update": "test_kernels", "clip_by_value": "test_clipping",
+    "clip_by_global_norm": "test_clipping", "scatter_add_rows": "test_sequence_layers",
+}
+
+
+@pytest.mark.parametrize("name", [*FAST, "jax"])
+def test_every_override_has_a_comparison(name: str) -> None:
+    """A backend that overrides a kernel must have a test comparing it with the portable one."""
+    if not works(name):
+        pytest.skip(f"{name} unavailable")
+    missing = [k for k in _kernels_overridden(resolve_backend(name)) if k not in COMPARED_IN
+               and not k.startswith(("conv", "max_pool", "avg_pool"))]  # conv/pool: tests/test_conv_kernels.py
+    assert not missing, f"{name} overrides {missing} without a comparison test: add one and list it in COMPARED_IN"
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_mask_and_count_correct_match_portable(name: str, dtype: str) -> None:
+    b = resolve_backend(name)
+    rng = np.random.default_rng(3)
+    keep = b.asarray(rng.random((5, 7)) > 0.3)
+    logits = b.asarray(np.round(rng.standard_normal((9, 4)), 1), dtype=dtype)  # rounded: ties happen
+    labels = b.asarray(rng.integers(0, 4, 9))
+    seq_logits = b.asarray(rng.standard_normal((3, 5, 4)), dtype=dtype)
+    seq_labels = b.asarray(rng.integers(0, 4, (3, 5)))
+    fast, slow = (k.dropout_mask(keep, 1 / 0.7, b.dtype(dtype)) for k in (b, b.portable()))
+    assert_on(fast, b, dtype, (5, 7))
+    np.testing.assert_array_equal(nnxp.to_numpy(fast), nnxp.to_numpy(slow))
+    for z, t in ((logits, labels), (seq_logits, seq_labels)):
+        fast, slow = b.count_correct(z, t), b.portable().count_correct(z, t)
+        assert float(nnxp.to_numpy(fast)) == float(nnxp.to_numpy(slow))
