@@ -439,3 +439,81 @@ def test_cupy_broken_import_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends, "_cache", {})
     with pytest.raises(BackendUnavailableError, match="not installed"):
         resolve_backend("cupy")
+
+
+# ------------------------------------------------------ torch and jax: missing, no device, driver
+@pytest.mark.parametrize("lib", ["torch", "jax"])
+def test_library_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch, lib: str) -> None:
+    monkeypatch.setitem(sys.modules, lib, None)  # import raises ImportError
+    monkeypatch.setattr(backends, "_cache", {})
+    with pytest.raises(BackendUnavailableError, match="not installed") as info:
+        resolve_backend(lib)
+    assert f"nnxp[{lib}]" in str(info.value)
+    assert lib not in nnxp.available_backends()
+
+
+def test_torch_device_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(backends, "_cache", {})
+    with pytest.raises(ValueError, match="Unknown torch device 'tpu'"):
+        resolve_backend("torch:tpu")
+    # a CPU-only build
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(BackendUnavailableError, match="no CUDA support"):
+        resolve_backend("torch:cuda")
+    # a CUDA build that finds no usable device (no GPU or a failing driver)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    with pytest.raises(BackendUnavailableError, match="no CUDA device is usable"):
+        resolve_backend("torch:cuda:0")
+    # a device index past the count
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"torch:cuda:3 does not exist: this machine has 2"):
+        resolve_backend("torch:cuda:3")
+    # the driver fails at the first use
+    real_zeros = torch.zeros
+
+    def failing_zeros(*args, device=None, **kwargs):
+        if device is not None and torch.device(device).type == "cuda":
+            raise RuntimeError("CUDA error: unknown error")
+        return real_zeros(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros", failing_zeros)
+    with pytest.raises(BackendUnavailableError, match="failed its first use.*unknown error"):
+        resolve_backend("torch:cuda:1")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(BackendUnavailableError, match="Metal backend is not available"):
+        resolve_backend("torch:mps")
+
+
+def test_jax_device_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    jax = pytest.importorskip("jax")
+    monkeypatch.setattr(backends, "_cache", {})
+    with pytest.raises(ValueError, match="Unknown jax device 'tpu'"):
+        resolve_backend("jax:tpu")
+    with pytest.raises(ValueError, match=r"jax:cpu:4 does not exist"):
+        resolve_backend("jax:cpu:4")
+    real_devices = jax.devices
+
+    def no_gpu(kind=None):
+        if kind == "gpu":
+            raise RuntimeError("Unknown backend: 'gpu' requested, but no platforms that are instances of gpu")
+        return real_devices(kind)
+
+    monkeypatch.setattr(jax, "devices", no_gpu)
+    with pytest.raises(BackendUnavailableError, match="JAX sees no GPU.*jax\\[cuda12\\]"):
+        resolve_backend("jax:gpu")
+
+
+def test_jax_float64_needs_x64() -> None:
+    jax = pytest.importorskip("jax")
+    b = resolve_backend("jax")
+    assert jax.config.jax_enable_x64  # the backend switched it on
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(TypeError, match="64-bit mode.*jax_enable_x64"):
+            b.dtype("float64")
+        assert b.dtype("float32") == np.float32
+    finally:
+        jax.config.update("jax_enable_x64", True)
