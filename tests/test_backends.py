@@ -480,7 +480,7 @@ def test_torch_device_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_zeros(*args, device=device, **kwargs)
 
     monkeypatch.setattr(torch, "zeros", failing_zeros)
-    with pytest.raises(BackendUnavailableError, match="failed its first use.*unknown error"):
+    with pytest.raises(BackendUnavailableError, match=r"failed its first use.*unknown error"):
         resolve_backend("torch:cuda:1")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(BackendUnavailableError, match="Metal backend is not available"):
@@ -502,7 +502,7 @@ def test_jax_device_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_devices(kind)
 
     monkeypatch.setattr(jax, "devices", no_gpu)
-    with pytest.raises(BackendUnavailableError, match="JAX sees no GPU.*jax\\[cuda12\\]"):
+    with pytest.raises(BackendUnavailableError, match=r"JAX sees no GPU.*jax\[cuda12\]"):
         resolve_backend("jax:gpu")
 
 
@@ -512,7 +512,7 @@ def test_jax_float64_needs_x64() -> None:
     assert jax.config.jax_enable_x64  # the backend switched it on
     jax.config.update("jax_enable_x64", False)
     try:
-        with pytest.raises(TypeError, match="64-bit mode.*jax_enable_x64"):
+        with pytest.raises(TypeError, match=r"64-bit mode.*jax_enable_x64"):
             b.dtype("float64")
         assert b.dtype("float32") == np.float32
     finally:
