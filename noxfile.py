@@ -13,6 +13,9 @@ registry, and one shared environment keeps CI fast on two cores.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import nox
 
 nox.options.default_venv_backend = "none"
@@ -38,9 +41,24 @@ _DEFAULT += [name for name, backend in _GPU_SESSIONS.items() if _status(backend)
 nox.options.sessions = [*_DEFAULT, "lint"]
 
 
+def _workers() -> list[str]:
+    """pytest-xdist options: one worker per core (at most 4), each with one BLAS/OpenMP thread so
+    workers do not oversubscribe the cores; serial where pytest-xdist is not installed (the GPU
+    machine has no package registry). ``NNXP_TEST_WORKERS=0`` forces a serial run."""
+    if importlib.util.find_spec("xdist") is None:
+        return []
+    n = int(os.environ.get("NNXP_TEST_WORKERS", min(os.cpu_count() or 1, 4)))
+    return ["-n", str(n)] if n > 1 else []
+
+
+_ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
 def _pytest(session: nox.Session, backends: list[str], *extra: str) -> None:
     args = [f"--backend={b}" for b in backends]
-    session.run("python", "-m", "pytest", *args, *extra, *session.posargs)
+    workers = _workers()
+    env = _ONE_THREAD if workers else {}
+    session.run("python", "-m", "pytest", *workers, *args, *extra, *session.posargs, env=env)
 
 
 @nox.session(name="tests-numpy")
