@@ -355,8 +355,8 @@ def char_dataset(text: str | Sequence[str], seq_len: int, val_fraction: float = 
             taken in shuffled order until the budget is spent; a string is cut).
         seed: the document shuffle.
         vocab: the vocabulary (default: :meth:`CharVocab.from_text` of the
-            whole text, before ``max_chars`` cuts it, so that a model trained on
-            a part still encodes the rest).
+            whole text and the separator, before ``max_chars`` cuts it, so that a
+            model trained on a part still encodes the rest).
 
     Returns:
         A :class:`CharDataset`.
@@ -370,8 +370,8 @@ def char_dataset(text: str | Sequence[str], seq_len: int, val_fraction: float = 
         raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
     if max_chars is not None:
         max_chars = _positive_int("max_chars", max_chars)
-    if vocab is None:
-        vocab = CharVocab.from_text(text)
+    if vocab is None:  # the separator joins documents: its characters are part of the text
+        vocab = CharVocab.from_text(text if isinstance(text, str) else [*text, separator])
     if isinstance(text, str):
         whole = text[:max_chars] if max_chars is not None else text
         cut = len(whole) - round(len(whole) * float(val_fraction))
