@@ -86,7 +86,8 @@ def train_and_report(net: nnxp.Sequential, data: datasets.CharDataset, args: arg
     (``<stem>.npz``, its vocabulary ``<stem>_vocab.json``) and the curves, and sample a continuation.
 
     Returns:
-        ``{"val_perplexity": [...], "val_loss": [...], "epoch_time": [...], "sample": str}``.
+        ``{"val_perplexity": [...], "val_loss": [...], "epoch_time": [...], "sample": str, "history": History,
+        "model": net}``.
     """
     steps = -(-len(data.x_train) // args.batch_size)
     opt = cosine_adamw(args, steps)
@@ -130,7 +131,7 @@ def train_and_report(net: nnxp.Sequential, data: datasets.CharDataset, args: arg
                           context=data.seq_len, seed=args.seed)
         print(f"--- sample (temperature {args.temperature:g}, prompt {args.prompt!r}) ---\n{sample}\n---")
     return {"val_loss": val_loss, "val_perplexity": ppl, "epoch_time": list(hist["time"]), "sample": sample,
-            "history": hist}
+            "history": hist, "model": net}
 
 
 def generate(net: nnxp.Sequential, vocab: datasets.CharVocab, prompt: str, length: int, temperature: float = 1.0,
