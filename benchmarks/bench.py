@@ -37,13 +37,13 @@ Cases (``--cases``, comma separated):
 * ``transformer``: the character transformer of ``examples/char_transformer.py``:
   Embedding(113, 64) + PositionalEmbedding(64, 64), 2 pre-norm blocks (causal 4-head
   self-attention; 64-256-64 GELU MLP), LayerNorm, Dense(64, 113) on windows of 64
-  tokens, cross-entropy at every position, AdamW lr 3e-3 (weight decay 0.01) with
+  tokens, cross-entropy at every position, AdamW lr 1e-2 (weight decay 0.01) with
   global-norm clipping at 1, batch 32; at most ``--cpu-big-samples`` windows on the CPU.
   The PyTorch peer is ``nn.Embedding``, ``nn.MultiheadAttention`` (fused attention),
   ``nn.LayerNorm``, ``nn.Linear``, ``nn.GELU`` with ``torch.optim.AdamW`` and
   ``clip_grad_norm_`` (``benchmarks/twins.py: torch_module``).
-* ``lstm``: the character LSTM of ``examples/char_lstm.py``: Embedding(113, 32),
-  LSTM(32, 128) over 64 steps, Dense(128, 113) at every step; the same optimizer, batch 32,
+* ``lstm``: the character LSTM of ``examples/char_lstm.py``: Embedding(113, 64),
+  LSTM(64, 256) over 64 steps, Dense(256, 113) at every step; the same optimizer, batch 32,
   capped likewise. The PyTorch peer is ``nn.LSTM`` (its fused CPU kernel).
 
 Data are synthetic: ``--samples`` (default 60,000) float32 rows uniform in
@@ -126,9 +126,9 @@ CASES = {
     "mlp1024": Case("mlp1024", "mlp", 1024, "sgd", 0.1, (784, 200, 200, 10)),
     "wide": Case("wide", "mlp", 1024, "sgd", 0.01, (784, 4096, 4096, 10), cpu_capped=True, gpu_default=True),
     "cnn": Case("cnn", "cnn", 64, "adam", 1e-3, cpu_capped=True),
-    "transformer": Case("transformer", "transformer", 32, "adamw", 3e-3, cpu_capped=True,
+    "transformer": Case("transformer", "transformer", 32, "adamw", 1e-2, cpu_capped=True,
                         seq=(113, 64, 64, 4, 2, 4), weight_decay=0.01, clip_norm=1.0),
-    "lstm": Case("lstm", "lstm", 32, "adamw", 1e-2, cpu_capped=True, seq=(113, 64, 32, 128),
+    "lstm": Case("lstm", "lstm", 32, "adamw", 1e-2, cpu_capped=True, seq=(113, 64, 64, 256),
                  weight_decay=0.01, clip_norm=1.0),
 }
 SEQUENCE_KINDS = ("transformer", "lstm")

@@ -44,7 +44,7 @@ def build(vocab: int, seq_len: int, dim: int = 64, heads: int = 4, n_layers: int
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = _text.text_parser("Train a character-level transformer language model (causal self-attention) on the "
-                          "fortunes collection or any text.", epochs=5, lr=3e-3, seq_len=64, batch_size=32,
+                          "fortunes collection or any text.", epochs=5, lr=1e-2, seq_len=64, batch_size=32,
                           max_chars=600_000)
     p.add_argument("--dim", type=int, default=64, help="embedding (model) width")
     p.add_argument("--heads", type=int, default=4)
