@@ -144,22 +144,26 @@ def generate(net: nnxp.Sequential, vocab: datasets.CharVocab, prompt: str, lengt
     Each step runs the model on the last ``context`` characters (the window
     length it was trained on), turns the logits of the last position into
     probabilities ``softmax(logits / temperature)`` and draws the next
-    character from them with a host generator seeded by ``seed``.
+    character from them with a host generator seeded by ``seed``. A prompt
+    shorter than ``context`` is preceded by newlines (as a text after a blank
+    line), so that every step has the same shape: eager JAX then compiles each
+    operation once instead of once per prompt length.
 
     Returns:
         ``prompt`` followed by the sampled characters.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature!r}")
-    ids = list(vocab.encode(prompt)) if prompt else [int(vocab.index.get("\n", 0))]
+    pad = vocab.index.get("\n", 0)
+    ids = [pad] * max(context - len(prompt), 0) + list(vocab.encode(prompt))
+    start = len(ids)
     rng = np.random.default_rng(seed)
     for _ in range(length):
         window = np.asarray(ids[-context:], dtype=np.int64)[None, :]
         logits = nnxp.to_numpy(net.predict(window))[0, -1].astype(np.float64) / temperature
         p = np.exp(logits - logits.max())
         ids.append(int(rng.choice(len(p), p=p / p.sum())))
-    out = vocab.decode(np.asarray(ids))
-    return out if prompt else out[1:]
+    return prompt + vocab.decode(np.asarray(ids[start:], dtype=np.int64))
 
 
 def plot_curves(hist: Any, path: str, title: str) -> None:
