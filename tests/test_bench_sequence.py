@@ -44,5 +44,8 @@ def test_sequence_cases_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         ours, peer = rows[(case, "nnxp")], rows[(case, "torch")]
         assert ours["median_s"] > 0 and peer["median_s"] > 0 and ours["ratio_vs_torch"] > 0
         assert ours["samples"] == 64 and ours["batch"] == 32
-        np.testing.assert_allclose(ours["losses"], peer["losses"], rtol=1e-3)
+        # float32: Adam at lr 1e-2 turns rounding differences in near-zero gradients into steps of
+        # +-lr, which the LSTM's 365k parameters feel after a few steps (seen: 1.3e-3 relative after 4);
+        # the exact agreement of the two models is test_torch_peer_computes_the_same_model's
+        np.testing.assert_allclose(ours["losses"], peer["losses"], rtol=1e-4 if case == "transformer" else 5e-3)
     assert "| transformer | nnxp |" in capsys.readouterr().out
