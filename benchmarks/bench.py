@@ -34,16 +34,31 @@ Cases (``--cases``, comma separated):
   -flatten-dense(3136, 128)-ReLU-dense(128, 10), Adam lr 1e-3, batch 64, on 1x28x28
   inputs; skipped (with a message) while ``nnxp.layers`` has no ``Conv2D``; at most
   ``--cpu-big-samples`` samples on the CPU.
+* ``transformer``: the character transformer of ``examples/char_transformer.py``:
+  Embedding(113, 64) + PositionalEmbedding(64, 64), 2 pre-norm blocks (causal 4-head
+  self-attention; 64-256-64 GELU MLP), LayerNorm, Dense(64, 113) on windows of 64
+  tokens, cross-entropy at every position, AdamW lr 1e-2 (weight decay 0.01) with
+  global-norm clipping at 1, batch 32; at most ``--cpu-big-samples`` windows on the CPU.
+  The PyTorch peer is ``nn.Embedding``, ``nn.MultiheadAttention`` (fused attention),
+  ``nn.LayerNorm``, ``nn.Linear``, ``nn.GELU`` with ``torch.optim.AdamW`` and
+  ``clip_grad_norm_`` (``benchmarks/twins.py: torch_module``).
+* ``lstm``: the character LSTM of ``examples/char_lstm.py``: Embedding(113, 64),
+  LSTM(64, 256) over 64 steps, Dense(256, 113) at every step; the same optimizer, batch 32,
+  capped likewise. The PyTorch peer is ``nn.LSTM`` (its fused CPU kernel).
 
 Data are synthetic: ``--samples`` (default 60,000) float32 rows uniform in
-[0, 1) and integer labels in [0, 10), from a seeded NumPy generator.
+[0, 1) and integer labels in [0, 10), from a seeded NumPy generator; for the
+sequence cases, windows of token ids and next-token labels uniform in [0, 113).
 
 Columns: median seconds per epoch; the ratio to the hand-written twin and to
 PyTorch eager (``> 1`` means slower); achieved TFLOP/s, counted as
 ``6 * MACs_per_sample * samples`` per epoch (2 flops per multiply-accumulate
 forward, 4 backward for the input and weight gradients; for an MLP the MACs per
 sample are the weight count, biases, activations and the softmax are not
-counted, nor the input gradient of the first layer that no one computes);
+counted, nor the input gradient of the first layer that no one computes; the
+sequence cases count per token the projections, the two attention products
+``2 * T * d`` per block and the output layer, or the LSTM's ``4H(E + H)`` and its
+read-out);
 peak memory: on the CPU the growth of the peak resident set during an epoch
 over the resident set before it (Linux: ``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``; elsewhere the growth of ``ru_maxrss``, which only
@@ -93,7 +108,7 @@ MiB = 2**20
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # "mlp" or "cnn"
+    kind: str  # "mlp", "cnn", "transformer" or "lstm"
     batch: int
     optimizer: str
     lr: float
@@ -101,6 +116,9 @@ class Case:
     cpu_capped: bool = False  # limit to --cpu-big-samples on the CPU
     gpu_default: bool = False  # in the default case list only on the GPU
     note: str = ""
+    seq: tuple[int, ...] = ()  # transformer: (vocab, T, d, heads, blocks, ff); lstm: (vocab, T, embed, hidden)
+    weight_decay: float = 0.0
+    clip_norm: float | None = None
 
 
 CASES = {
@@ -108,7 +126,12 @@ CASES = {
     "mlp1024": Case("mlp1024", "mlp", 1024, "sgd", 0.1, (784, 200, 200, 10)),
     "wide": Case("wide", "mlp", 1024, "sgd", 0.01, (784, 4096, 4096, 10), cpu_capped=True, gpu_default=True),
     "cnn": Case("cnn", "cnn", 64, "adam", 1e-3, cpu_capped=True),
+    "transformer": Case("transformer", "transformer", 32, "adamw", 1e-2, cpu_capped=True,
+                        seq=(113, 64, 64, 4, 2, 4), weight_decay=0.01, clip_norm=1.0),
+    "lstm": Case("lstm", "lstm", 32, "adamw", 1e-2, cpu_capped=True, seq=(113, 64, 64, 256),
+                 weight_decay=0.01, clip_norm=1.0),
 }
+SEQUENCE_KINDS = ("transformer", "lstm")
 
 # conv(1->32,3,pad1)-relu-pool2-conv(32->64,3,pad1)-relu-pool2-flatten-dense(3136,128)-relu-dense(128,10)
 CNN_CONVS = ((1, 32), (32, 64))
@@ -118,6 +141,12 @@ CNN_MACS = 28 * 28 * 32 * 1 * 9 + 14 * 14 * 64 * 32 * 9 + 3136 * 128 + 128 * 10
 def macs_per_sample(case: Case) -> int:
     if case.kind == "mlp":
         return sum(a * b for a, b in zip(case.sizes[:-1], case.sizes[1:]))
+    if case.kind == "transformer":
+        vocab, t, d, _, blocks, ff = case.seq
+        return t * (blocks * (4 * d * d + 2 * ff * d * d + 2 * t * d) + d * vocab)
+    if case.kind == "lstm":
+        vocab, t, e, h = case.seq
+        return t * (4 * h * (e + h) + h * vocab)
     return CNN_MACS
 
 
@@ -125,8 +154,18 @@ def build_nnxp(case: Case, backend: str, seed: int) -> Any:
     import nnxp
     from nnxp import layers as L
 
-    if case.kind == "mlp":
-        seq: list[Any] = []
+    if case.kind == "transformer":
+        vocab, t, d, heads, blocks, ff = case.seq
+        body = [nnxp.Sequential([
+            L.Residual([L.LayerNorm(d), L.MultiHeadAttention(d, heads, causal=True)]),
+            L.Residual([L.LayerNorm(d), L.Dense(d, ff * d), L.GELU(), L.Dense(ff * d, d)])]) for _ in range(blocks)]
+        seq: list[Any] = [L.Embedding(vocab, d), L.PositionalEmbedding(t, d), *body, L.LayerNorm(d),
+                          L.Dense(d, vocab)]
+    elif case.kind == "lstm":
+        vocab, t, e, h = case.seq
+        seq = [L.Embedding(vocab, e), L.LSTM(e, h), L.Dense(h, vocab)]
+    elif case.kind == "mlp":
+        seq = []
         for a, b in zip(case.sizes[:-1], case.sizes[1:]):
             seq += [L.Dense(a, b), L.ReLU()]
         seq.pop()  # no activation after the last Dense: logits for the loss
@@ -267,7 +306,12 @@ class NnxpContender(Contender):
         self.x = nnxp.to_device(x, self.backend)  # once: fit() then moves nothing
         self.y = nnxp.to_device(y, self.backend)
         self.loss = losses.SoftmaxCrossEntropy()
-        self.opt = optim.SGD(lr=case.lr) if case.optimizer == "sgd" else optim.Adam(lr=case.lr)
+        if case.optimizer == "sgd":
+            self.opt = optim.SGD(lr=case.lr)
+        elif case.optimizer == "adamw":
+            self.opt = optim.AdamW(lr=case.lr, weight_decay=case.weight_decay, clip_norm=case.clip_norm)
+        else:
+            self.opt = optim.Adam(lr=case.lr)
         self.check_finite = check_finite
         self.metrics = metrics
 
@@ -322,14 +366,16 @@ class ArrayTwinContender(Contender):
 
 
 class TorchContender(Contender):
-    def __init__(self, spec: list[tuple], case: Case, x: Any, y: Any, device: str, seed: int,
-                 compile_mode: str | None) -> None:
-        from benchmarks.twins import TorchTwin
+    def __init__(self, spec: list[tuple] | None, case: Case, x: Any, y: Any, device: str, seed: int,
+                 compile_mode: str | None, net: Any = None) -> None:
+        from benchmarks.twins import TorchTwin, torch_module
 
         self.name = "torch" if compile_mode is None else f"torch.compile({compile_mode})"
         self.case = case
         self.gpu = device.startswith("cuda")
-        self.twin = TorchTwin(spec, device, case.optimizer, case.lr, seed, compile_mode)
+        module = torch_module(net) if case.kind in SEQUENCE_KINDS else None
+        self.twin = TorchTwin(spec, device, case.optimizer, case.lr, seed, compile_mode, module=module,
+                              weight_decay=case.weight_decay, clip_norm=case.clip_norm)
         self.x = self.twin.to_device(x)
         self.y = self.twin.to_device(y)
 
@@ -393,7 +439,8 @@ def make_contenders(case: Case, args: argparse.Namespace, x: Any, y: Any) -> tup
     from benchmarks.twins import torch_available
 
     net = build_nnxp(case, args.backend, args.seed)
-    spec = host_spec(net)  # initial parameters, before any training
+    # initial parameters, before any training (the sequence models' torch twin is built from ``net``)
+    spec = host_spec(net) if case.kind not in SEQUENCE_KINDS else None
     out: list[Contender] = []
     skipped: list[Result] = []
     wanted = args.contenders
@@ -427,7 +474,7 @@ def make_contenders(case: Case, args: argparse.Namespace, x: Any, y: Any) -> tup
             skipped.append(Result(case.name, label, skipped=why))
             continue
         try:
-            out.append(TorchContender(spec, case, x, y, device, args.seed, mode))
+            out.append(TorchContender(spec, case, x, y, device, args.seed, mode, net=net))
         except Exception as exc:
             skipped.append(Result(case.name, label, skipped=f"{type(exc).__name__}: {exc}"))
     return out, skipped
@@ -442,10 +489,15 @@ def run_case(case: Case, args: argparse.Namespace, n: int, hostmem: HostMemory) 
             log(f"[{case.name}] skipped: {why}")
             return [Result(case.name, "all", skipped=why)], []
     rng = np.random.default_rng(args.seed)
-    x = rng.random((n, 784), dtype=np.float32)
-    if case.kind == "cnn":
-        x = x.reshape(n, 1, 28, 28)
-    y = rng.integers(0, 10, n, dtype=np.int64)
+    if case.kind in SEQUENCE_KINDS:  # windows of token ids, a next-token label at every position
+        vocab, t = case.seq[:2]
+        x = rng.integers(0, vocab, (n, t), dtype=np.int64)
+        y = rng.integers(0, vocab, (n, t), dtype=np.int64)
+    else:
+        x = rng.random((n, 784), dtype=np.float32)
+        if case.kind == "cnn":
+            x = x.reshape(n, 1, 28, 28)
+        y = rng.integers(0, 10, n, dtype=np.int64)
     contenders, skipped = make_contenders(case, args, x, y)
     del x
     results = {c.name: Result(case.name, c.name, samples=n, batch=case.batch) for c in contenders}
@@ -623,12 +675,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", default="numpy",
                    help="nnxp backend: numpy (default), cupy[:N], torch[:cuda[:N]], jax[:gpu[:N]]")
     p.add_argument("--cases", default=None,
-                   help=f"comma separated, from {','.join(CASES)} (default: mlp64,mlp1024,cnn on the CPU, "
-                        "all four on the GPU)")
+                   help=f"comma separated, from {','.join(CASES)} (default: all but wide on the CPU, "
+                        "all on the GPU)")
     p.add_argument("--repeats", type=int, default=5, help="timed epochs per contender (median reported)")
     p.add_argument("--samples", type=int, default=60000, help="training samples per epoch (default 60000)")
     p.add_argument("--cpu-big-samples", type=int, default=4096,
-                   help="sample cap for the wide and cnn cases on the CPU (default 4096)")
+                   help="sample cap for the wide, cnn, transformer and lstm cases on the CPU (default 4096)")
     p.add_argument("--contenders", default="nnxp,twin,torch", help="subset of nnxp,twin,torch")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (failures are reported)")
     p.add_argument("--compile-mode", default="default", help="torch.compile mode (default, reduce-overhead, ...)")

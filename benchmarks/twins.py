@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ArrayMLPTwin", "TorchTwin", "epoch_permutation", "torch_available"]
+__all__ = ["ArrayMLPTwin", "TorchTwin", "epoch_permutation", "torch_available", "torch_module"]
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -132,20 +132,28 @@ class TorchTwin:
     """The same model in PyTorch: ``torch.nn`` modules, ``F.cross_entropy``,
     ``torch.optim.SGD``/``Adam``, ``zero_grad(set_to_none=True)``.
 
+    Sequence models (``module=``, see :func:`torch_module`) take integer ``(batch, time)``
+    inputs and labels: the loss is ``F.cross_entropy`` over every position.
+
     Args:
         spec: the model as ``[("dense", W, b) | ("conv", W, b, padding) | ("relu",) | ("maxpool", k)
-            | ("flatten",)]`` with host nnxp-layout parameters (Dense ``(in, out)``, transposed here).
+            | ("flatten",)]`` with host nnxp-layout parameters (Dense ``(in, out)``, transposed here);
+            ignored when ``module`` is given.
         device: ``"cpu"`` or ``"cuda:N"``.
-        optimizer: ``"sgd"`` or ``"adam"``.
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
         lr: learning rate.
         seed: shuffling seed.
         compile_mode: ``None`` for eager, else a ``torch.compile`` mode
             (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``) for the
             model (forward and its backward graph); the optimizer step stays eager.
+        module: a ready ``torch.nn.Module`` (float32, on the CPU) instead of ``spec``.
+        weight_decay: AdamW's decoupled decay.
+        clip_norm: clip the global gradient norm with ``clip_grad_norm_`` before each step.
     """
 
-    def __init__(self, spec: list[tuple], device: str, optimizer: str, lr: float, seed: int = 0,
-                 compile_mode: str | None = None) -> None:
+    def __init__(self, spec: list[tuple] | None, device: str, optimizer: str, lr: float, seed: int = 0,
+                 compile_mode: str | None = None, module: Any = None, weight_decay: float = 0.0,
+                 clip_norm: float | None = None) -> None:
         import torch
         from torch import nn
 
@@ -154,7 +162,7 @@ class TorchTwin:
         self.on_host = self.device.type == "cpu"
         mods: list[nn.Module] = []
         with torch.no_grad():
-            for item in spec:
+            for item in spec if module is None else ():
                 kind = item[0]
                 if kind == "dense":
                     w, b = item[1], item[2]
@@ -176,12 +184,14 @@ class TorchTwin:
                     mods.append(nn.Flatten())
                 else:
                     raise ValueError(f"unknown layer kind {kind!r}")
-        self.model = nn.Sequential(*mods).to(self.device)
+        self.model = (nn.Sequential(*mods) if module is None else module).to(self.device)
         params = list(self.model.parameters())
         if optimizer == "sgd":
             self.opt = torch.optim.SGD(params, lr=lr)
         elif optimizer == "adam":
             self.opt = torch.optim.Adam(params, lr=lr)
+        elif optimizer == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         else:
             raise ValueError(f"unknown optimizer {optimizer!r}")
         self.seed = seed
@@ -189,10 +199,16 @@ class TorchTwin:
         model = torch.compile(self.model, mode=compile_mode) if compile_mode else self.model
         opt, F = self.opt, torch.nn.functional
 
+        clip = torch.nn.utils.clip_grad_norm_
+
         def step(xb: Any, yb: Any) -> Any:
-            loss = F.cross_entropy(model(xb), yb)
+            out = model(xb)
+            # (batch, classes), or (batch, time, classes) with (batch, time) labels: every position counts
+            loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip_norm is not None:
+                clip(params, clip_norm)
             opt.step()
             return loss.detach()
 
@@ -226,3 +242,118 @@ class TorchTwin:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
+
+
+# --------------------------------------------------------------------------- sequence models in PyTorch
+def torch_module(net: Any) -> Any:
+    """A float32 ``torch.nn.Module`` equivalent to an nnxp sequence model, parameters copied.
+
+    Covers what the ``transformer`` and ``lstm`` cases use, each as PyTorch users write it:
+    ``nn.Embedding``, learned positions as ``x + nn.Embedding(max_len, d)(arange(T))``,
+    ``nn.LayerNorm``, ``nn.MultiheadAttention(batch_first=True)`` with a causal float mask
+    (``need_weights=False``: the fused scaled-dot-product path), ``nn.Linear``, ``nn.GELU``,
+    residual blocks, ``nn.LSTM(batch_first=True)`` (the fused kernel; nnxp's single bias goes to
+    ``bias_ih_l0``, ``bias_hh_l0`` is zero) and ``nn.Sequential``.
+    """
+    import torch
+    from torch import nn
+
+    from nnxp import layers as L
+
+    def t(a: Any) -> Any:
+        import nnxp
+
+        return torch.from_numpy(np.ascontiguousarray(nnxp.to_numpy(a), dtype=np.float32))
+
+    class Positional(nn.Module):
+        def __init__(self, layer: Any) -> None:
+            super().__init__()
+            self.pos = nn.Embedding(layer.max_len, layer.embedding_dim)
+            with torch.no_grad():
+                self.pos.weight.copy_(t(layer.params["weight"]))
+
+        def forward(self, x: Any) -> Any:
+            return x + self.pos.weight[: x.shape[1]]
+
+    class SelfAttention(nn.Module):
+        def __init__(self, layer: Any) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(layer.embed_dim, layer.num_heads, bias=layer.use_bias, batch_first=True)
+            self.causal = layer.causal
+            with torch.no_grad():
+                self.mha.in_proj_weight.copy_(t(layer.params["in_proj_weight"]).T)
+                self.mha.out_proj.weight.copy_(t(layer.params["out_proj_weight"]).T)
+                if layer.use_bias:
+                    self.mha.in_proj_bias.copy_(t(layer.params["in_proj_bias"]))
+                    self.mha.out_proj.bias.copy_(t(layer.params["out_proj_bias"]))
+            self._masks: dict[tuple, Any] = {}
+
+        def forward(self, x: Any) -> Any:
+            mask = None
+            if self.causal:
+                key = (x.shape[1], x.device)
+                mask = self._masks.get(key)
+                if mask is None:
+                    mask = self._masks[key] = nn.Transformer.generate_square_subsequent_mask(
+                        x.shape[1], device=x.device)
+            return self.mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+    class Residual(nn.Module):
+        def __init__(self, f: Any) -> None:
+            super().__init__()
+            self.f = f
+
+        def forward(self, x: Any) -> Any:
+            return x + self.f(x)
+
+    class LastOrAll(nn.Module):
+        def __init__(self, layer: Any) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(layer.input_size, layer.hidden_size, batch_first=True)
+            self.return_sequences = layer.return_sequences
+            with torch.no_grad():
+                self.rnn.weight_ih_l0.copy_(t(layer.params["weight_ih"]).T)
+                self.rnn.weight_hh_l0.copy_(t(layer.params["weight_hh"]).T)
+                self.rnn.bias_ih_l0.copy_(t(layer.params["bias"]))
+                self.rnn.bias_hh_l0.zero_()
+
+        def forward(self, x: Any) -> Any:
+            out, _ = self.rnn(x)
+            return out if self.return_sequences else out[:, -1]
+
+    def convert(layer: Any) -> Any:
+        if isinstance(layer, L.Dense):
+            lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.use_bias)
+            with torch.no_grad():
+                lin.weight.copy_(t(layer.params["weight"]).T)
+                if layer.use_bias:
+                    lin.bias.copy_(t(layer.params["bias"]))
+            return lin
+        if isinstance(layer, L.Embedding):
+            emb = nn.Embedding(layer.num_embeddings, layer.embedding_dim)
+            with torch.no_grad():
+                emb.weight.copy_(t(layer.params["weight"]))
+            return emb
+        if isinstance(layer, L.PositionalEmbedding):
+            return Positional(layer)
+        if isinstance(layer, L.LayerNorm):
+            ln = nn.LayerNorm(layer.normalized_shape, eps=layer.eps)
+            with torch.no_grad():
+                ln.weight.copy_(t(layer.params["weight"]))
+                ln.bias.copy_(t(layer.params["bias"]))
+            return ln
+        if isinstance(layer, L.MultiHeadAttention):
+            return SelfAttention(layer)
+        if isinstance(layer, L.GELU):
+            return nn.GELU(approximate=layer.approximate)
+        if isinstance(layer, L.ReLU):
+            return nn.ReLU()
+        if isinstance(layer, L.LSTM):
+            return LastOrAll(layer)
+        if isinstance(layer, L.Residual):
+            return Residual(nn.Sequential(*[convert(c) for c in layer.layers]))
+        if isinstance(layer, L.LayerContainer):  # a nested Sequential
+            return nn.Sequential(*[convert(c) for c in layer.layers])
+        raise ValueError(f"no torch twin for {layer!r}")
+
+    return nn.Sequential(*[convert(layer) for layer in net.layers])

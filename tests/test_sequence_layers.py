@@ -1,4 +1,4 @@
-"""Sequence layers (Embedding, LayerNorm, LSTM, GRU, MultiHeadAttention) and composition
+"""Sequence layers (Embedding, PositionalEmbedding, LayerNorm, LSTM, GRU, MultiHeadAttention) and composition
 (Residual, nested Sequential): finite-difference gradients on every backend, PyTorch
 twins, placement, bad input, the causal mask, the scatter-add kernel, checkpoints and
 training of a small transformer."""
@@ -31,6 +31,8 @@ def _ids(shape: tuple[int, ...], seed: int = 0, vocab: int = V) -> np.ndarray:
 CASES: list[tuple[str, Callable[[], layers.Layer], tuple[int, ...], bool]] = [
     ("embedding", lambda: layers.Embedding(V, 3), (2, 4), True),
     ("embedding-1d", lambda: layers.Embedding(V, 3), (6,), True),
+    ("positional", lambda: layers.PositionalEmbedding(6, 4), (2, 3, 4), False),
+    ("positional-full", lambda: layers.PositionalEmbedding(3, 4), (2, 3, 4), False),
     ("layernorm", lambda: layers.LayerNorm(4), (3, 4), False),
     ("layernorm-seq", lambda: layers.LayerNorm(4), (2, 3, 4), False),
     ("layernorm-2axes", lambda: layers.LayerNorm((3, 4), eps=1e-3), (2, 3, 4), False),
@@ -558,3 +560,86 @@ def test_fit_trains_small_transformer(name: str) -> None:
     # the model predicts the next token (argmax) for most positions
     pred = np.argmax(nnxp.to_numpy(net.predict(x)), axis=-1)
     assert (pred == np.argmax(y, axis=-1)).mean() > 0.9
+
+
+# ------------------------------------------------------- learned positions
+def _gpt(backend, dtype: str = "float32", seed: int = 0, max_len: int = T) -> nnxp.Sequential:
+    """Token and learned position embeddings before the block (GPT-style)."""
+    return nnxp.Sequential([layers.Embedding(V, E), layers.PositionalEmbedding(max_len, E), _block(E, 2, 16),
+                            layers.LayerNorm(E), layers.Dense(E, V)], backend=backend, dtype=dtype, seed=seed)
+
+
+def test_positional_embedding_adds_rows(backend: nnxp.Backend) -> None:
+    pos = layers.PositionalEmbedding(6, 3).build(backend, "float64", 0)
+    w = nnxp.to_numpy(pos.params["weight"])
+    x = _x((2, 4, 3))
+    assert_close(pos(nnxp.to_device(x, backend)), x + w[:4], backend, "float64", rtol=0, atol=0)
+    g = _x((2, 4, 3), 1)
+    gx = pos.backward(nnxp.to_device(g, backend))
+    assert_close(gx, g, backend, "float64", rtol=0, atol=0)
+    expected = np.zeros((6, 3))
+    expected[:4] = g.sum(axis=0)
+    assert_close(pos.grads["weight"], expected, backend, "float64", rtol=1e-12, atol=1e-12)
+    pos.need_input_grad = False
+    assert pos.backward(nnxp.to_device(g, backend)) is None
+
+
+def test_positional_embedding_bad_input(backend: nnxp.Backend) -> None:
+    pos = layers.PositionalEmbedding(4, 3).build(backend)
+    with pytest.raises(ValueError, match=r"sequences of 5 steps but has positions 0..3. Raise max_len to at least 5"):
+        pos(nnxp.to_device(_x((2, 5, 3)), backend, "float32"))
+    with pytest.raises(ValueError, match=r"\(batch, time, 3\), got \(2, 4, 2\)"):
+        pos(nnxp.to_device(_x((2, 4, 2)), backend, "float32"))
+    with pytest.raises(TypeError, match="float32 parameters but got a float64 input"):
+        pos(nnxp.to_device(_x((2, 4, 3)), backend, "float64"))
+    with pytest.raises(ValueError, match="time <= 4"):
+        pos.output_shape((5, 3))
+    for bad in ((0, 3), (4, 2.0), (True, 3)):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            layers.PositionalEmbedding(*bad)
+    with pytest.raises(ValueError, match=r"Layer 1 \(PositionalEmbedding.*time <= 3"):
+        _gpt(backend, max_len=3).predict(_ids((2, 5)))
+
+
+def test_positional_model_gradcheck(backend: nnxp.Backend) -> None:
+    net = _gpt(backend, "float64", max_len=4)
+    errors = nnxp.gradcheck(net, nnxp.to_device(_ids((2, 3)), backend))
+    assert set(errors) == {k for k, _, _ in net.slots()} and "1.weight" in errors
+    assert all(e < 1e-6 for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_positional_model_checkpoint_round_trip(backend: nnxp.Backend, dtype: str, tmp_path: Path) -> None:
+    net = _gpt(backend, dtype, seed=4)
+    x = _ids((16, T), 5)
+    y = np.roll(x, -1, axis=1)
+    net.fit(x, y, loss=losses.SoftmaxCrossEntropy(), optimizer=optim.AdamW(lr=0.01), epochs=1, batch_size=8,
+            verbose=0)
+    path = tmp_path / "gpt.npz"
+    net.save(path)
+    loaded = nnxp.load(path, backend=backend)
+    assert repr(loaded) == repr(net) and "PositionalEmbedding(max_len=5, embedding_dim=8)" in repr(loaded)
+    w, w2 = net.layers[1].params["weight"], loaded.layers[1].params["weight"]
+    assert_on(w2, backend, dtype, (T, E))
+    assert nnxp.to_numpy(w).tobytes() == nnxp.to_numpy(w2).tobytes()
+    assert_close(loaded.predict(x), net.predict(x), backend, dtype, rtol=0, atol=0)
+    h1, h2 = (m.fit(x, y, epochs=1, batch_size=8, verbose=0) for m in (net, loaded))
+    assert h1["loss"] == h2["loss"]
+
+
+@pytest.mark.torch
+def test_positional_model_training_matches_torch(backend: nnxp.Backend) -> None:
+    """Three AdamW steps with cross-entropy over (batch, time) labels give torch's parameters."""
+    torch_twins.torch()
+    net = _gpt(backend, "float64", seed=6)
+    x = _ids((6, T), 7)
+    y = _ids((6, T), 8)
+    opt = optim.AdamW(lr=0.01, weight_decay=0.1, clip_norm=1.0)
+    batches = [(x[i:i + 2], y[i:i + 2]) for i in range(0, 6, 2)]
+    twin, twin_losses = torch_twins.torch_train_steps(net, losses.SoftmaxCrossEntropy(), opt, batches)
+    ours = torch_twins.nnxp_train_steps(net, losses.SoftmaxCrossEntropy(), opt, batches)
+    np.testing.assert_allclose(ours, twin_losses, rtol=1e-10)
+    expected = torch_twins.torch_model_params(net, twin)
+    assert set(expected) == {k for k, _, _ in net.slots()}
+    for key, layer, k in net.slots():
+        assert_close(layer.params[k], expected[key], backend, "float64", rtol=1e-9, atol=1e-9, err_msg=key)

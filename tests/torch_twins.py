@@ -68,6 +68,8 @@ def torch_layer(layer: layers.Layer) -> Any:
         with th.no_grad():
             emb.weight.copy_(_t(layer.params["weight"]))
         return emb
+    if isinstance(layer, layers.PositionalEmbedding):
+        return _positional_twin(layer)
     if isinstance(layer, layers.LayerNorm):
         ln = nn.LayerNorm(layer.normalized_shape, eps=layer.eps, dtype=th.float64)
         with th.no_grad():
@@ -83,6 +85,23 @@ def torch_layer(layer: layers.Layer) -> Any:
     if isinstance(layer, nnxp.Sequential):
         return torch_model(layer)
     raise NotImplementedError(f"no torch twin for {layer!r}")
+
+
+def _positional_twin(layer: layers.PositionalEmbedding) -> Any:
+    """``x + nn.Embedding(max_len, dim)(arange(time))``: learned positions as PyTorch users write them."""
+    th = torch()
+
+    class Positional(th.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos = th.nn.Embedding(layer.max_len, layer.embedding_dim, dtype=th.float64)
+            with th.no_grad():
+                self.pos.weight.copy_(_t(layer.params["weight"]))
+
+        def forward(self, x: Any) -> Any:
+            return x + self.pos(th.arange(x.shape[1]))
+
+    return Positional()
 
 
 def _recurrent_twin(layer: layers.Layer) -> Any:
@@ -165,6 +184,8 @@ def _twin_tensors(layer: layers.Layer, module: Any) -> dict[str, tuple[Any, bool
         return out
     if isinstance(layer, layers.Embedding):
         return {"weight": (module.weight, False)}
+    if isinstance(layer, layers.PositionalEmbedding):
+        return {"weight": (module.pos.weight, False)}
     if isinstance(layer, layers.LayerNorm):
         return {"weight": (module.weight, False), "bias": (module.bias, False)}
     if isinstance(layer, layers.LSTM):  # bias: see _recurrent_twin (its gradient is bias_ih_l0's)
@@ -320,7 +341,14 @@ def torch_loss_fn(loss: losses.Loss) -> Any:
     if isinstance(loss, losses.BinaryCrossEntropy):
         return F.binary_cross_entropy_with_logits if loss.from_logits else F.binary_cross_entropy
     if isinstance(loss, losses.SoftmaxCrossEntropy):
-        return F.cross_entropy
+        def cross_entropy(pred: Any, target: Any) -> Any:
+            # (batch, time, classes) logits: the mean over every position, as nnxp's loss takes it
+            k = pred.shape[-1]
+            if target.ndim == pred.ndim - 1:
+                return F.cross_entropy(pred.reshape(-1, k), target.reshape(-1))
+            return F.cross_entropy(pred.reshape(-1, k), target.reshape(-1, k))
+
+        return cross_entropy
     raise NotImplementedError(f"no torch twin for {loss!r}")
 
 

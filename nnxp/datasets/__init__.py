@@ -1,4 +1,5 @@
-"""MNIST and Fashion-MNIST: find, download, verify and parse them; prepare arrays.
+"""Data sets: MNIST and Fashion-MNIST (find, download, verify and parse them; prepare
+arrays), and text for character-level language models (:mod:`nnxp.datasets.text`).
 
 Loading looks for the four IDX files of a data set (``.gz`` or uncompressed)
 in these places, first match wins:
@@ -38,26 +39,48 @@ from .sources import (
     load_fashion_mnist,
     load_mnist,
 )
+from .text import (
+    FORTUNES_DIR,
+    FORTUNES_PACKAGE,
+    CharDataset,
+    CharVocab,
+    TextTooShortError,
+    char_dataset,
+    char_windows,
+    load_fortunes,
+    load_text,
+    read_strfile,
+)
 from .transforms import flatten, one_hot, prepare, scale
 
 __all__ = [
     "CHECKSUMS",
+    "FORTUNES_DIR",
+    "FORTUNES_PACKAGE",
     "FASHION_MNIST_CLASSES",
     "FILES",
     "MIRRORS",
     "MNIST_CLASSES",
     "SYSTEM_DIRS",
+    "CharDataset",
+    "CharVocab",
     "ChecksumMismatchError",
     "DatasetNotFoundError",
     "DownloadError",
     "IDXFormatError",
+    "TextTooShortError",
+    "char_dataset",
+    "char_windows",
     "default_cache_dir",
     "flatten",
     "load_dataset",
     "load_fashion_mnist",
+    "load_fortunes",
     "load_mnist",
+    "load_text",
     "one_hot",
     "prepare",
     "read_idx",
+    "read_strfile",
     "scale",
 ]

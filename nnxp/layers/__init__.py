@@ -8,7 +8,7 @@ from .containers import LayerContainer, Residual
 from .conv import Conv2D
 from .dense import Dense
 from .dropout import Dropout
-from .embedding import Embedding
+from .embedding import Embedding, PositionalEmbedding
 from .normalization import LayerNorm
 from .pooling import AvgPool2D, MaxPool2D
 from .recurrent import GRU, LSTM
@@ -16,4 +16,4 @@ from .reshape import Flatten
 
 __all__ = ["GELU", "GRU", "LSTM", "AvgPool2D", "BatchNorm", "BatchNorm1d", "BatchNorm2d", "Conv2D", "Dense",
            "Dropout", "Embedding", "Flatten", "Layer", "LayerContainer", "LayerNorm", "LeakyReLU", "MaxPool2D",
-           "MultiHeadAttention", "ReLU", "Residual", "Sigmoid", "Softmax", "Tanh", "layer_class"]
+           "MultiHeadAttention", "PositionalEmbedding", "ReLU", "Residual", "Sigmoid", "Softmax", "Tanh", "layer_class"]

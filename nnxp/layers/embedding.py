@@ -1,4 +1,4 @@
-"""Lookup tables: integer indices to learned vectors."""
+"""Lookup tables: integer indices to learned vectors, and learned positions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._windows import dtype_name
+from ._windows import dtype_error, dtype_name
 from .base import Array, Layer
 
 
@@ -92,3 +92,72 @@ class Embedding(Layer):
 
     def config(self) -> dict[str, Any]:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim}
+
+
+class PositionalEmbedding(Layer):
+    """Learned absolute positions added to a sequence: ``y[:, t, :] = x[:, t, :] + weight[t, :]``.
+
+    Takes ``(batch, time, embedding_dim)`` with ``time <= max_len`` (typically
+    an :class:`Embedding`'s output) and returns the same shape, as GPT-2's
+    ``wpe`` table does. The weight is ``(max_len, embedding_dim)``, started
+    ``N(0, 1)`` like :class:`torch.nn.Embedding` (its PyTorch twin is
+    ``x + nn.Embedding(max_len, embedding_dim)(arange(time))``). Its gradient
+    is the output gradient summed over the batch in the first ``time`` rows
+    and zero below; the input gradient is the output gradient.
+
+    Args:
+        max_len: longest sequence the layer accepts (rows of the table).
+        embedding_dim: size of the last axis.
+    """
+
+    def __init__(self, max_len: int, embedding_dim: int) -> None:
+        super().__init__()
+        for name, v in (("max_len", max_len), ("embedding_dim", embedding_dim)):
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"PositionalEmbedding {name} must be a positive integer, got {v!r}")
+        self.max_len, self.embedding_dim = int(max_len), int(embedding_dim)
+        self._steps: int | None = None
+
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"weight": rng.standard_normal((self.max_len, self.embedding_dim))}
+
+    def _check(self, x: Array) -> None:
+        self.backend.check(x, f"input of {self!r}")
+        if x.ndim != 3 or x.shape[2] != self.embedding_dim:
+            raise ValueError(f"{self!r} expects input of shape (batch, time, {self.embedding_dim}), got "
+                             f"{tuple(x.shape)}. Put it after an Embedding(vocab, {self.embedding_dim}) "
+                             "or set embedding_dim to the feature size.")
+        if x.shape[1] > self.max_len:
+            raise ValueError(f"{self!r} got sequences of {x.shape[1]} steps but has positions 0..{self.max_len - 1}. "
+                             f"Raise max_len to at least {x.shape[1]} or feed shorter windows.")
+        if x.dtype != self.dtype:
+            raise dtype_error(self, x)
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        if self.backend is None:
+            self._build_from(x)
+        self._check(x)
+        self._steps = x.shape[1]
+        return x + self.params["weight"][:self._steps, :]
+
+    def backward(self, grad_y: Array) -> Array:
+        if self._steps is None:
+            raise RuntimeError(f"{self!r}.backward() called before forward()")
+        xp, t = self.xp, self._steps
+        g = xp.sum(grad_y, axis=0)
+        if t < self.max_len:  # rows of positions that were not used get no gradient
+            g = xp.concat([g, xp.zeros((self.max_len - t, self.embedding_dim), dtype=g.dtype,
+                                       device=self.backend.device)], axis=0)
+        self.grads["weight"] = g
+        return grad_y if self.need_input_grad else None
+
+    def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        shape = tuple(input_shape)
+        if len(shape) != 2 or shape[1] not in (None, self.embedding_dim) or (
+                shape[0] is not None and shape[0] > self.max_len):
+            raise ValueError(f"{self!r} needs per-sample shape (time <= {self.max_len}, {self.embedding_dim}), "
+                             f"got {shape}. Match embedding_dim to the previous layer and max_len to the window.")
+        return shape
+
+    def config(self) -> dict[str, Any]:
+        return {"max_len": self.max_len, "embedding_dim": self.embedding_dim}
