@@ -112,19 +112,33 @@ def split(n: int, chunk: int, parts: int) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------ convolution
-def unfold(xpad: np.ndarray, geo: dict[str, Any]) -> np.ndarray:
+def _is_own_columns(geo: dict[str, Any]) -> bool:
+    """A 1x1 kernel at stride 1 without padding: the input is its own column matrix."""
+    return geo["kernel"] == (1, 1) and geo["stride"] == (1, 1) and geo["padding"] == (0, 0)
+
+
+def unfold(xpad: np.ndarray, geo: dict[str, Any], ones_row: bool = False) -> np.ndarray:
     """Columns ``(nb, C*kh*kw, OH*OW)`` of a padded ``(nb, C, Hp, Wp)`` chunk, rows ordered
     (channel, kernel row, kernel column) like ``weight.reshape(O, -1)``: one copy out of a
-    sliding-window view, so each sample's columns are one contiguous matrix."""
+    sliding-window view, so each sample's columns are one contiguous matrix.
+
+    With ``ones_row`` each matrix gets a last row of ones, so the bias rides along in the
+    matrix products (forward: a last weight column; backward: its gradient, the sum of the
+    output gradient, comes out of the weight-gradient product) instead of taking a pass of its
+    own over the output.
+    """
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo["kernel"], geo["stride"], geo["dilation"], geo["out_hw"]
-    nb, c = xpad.shape[0], geo["c"]
-    if kh * kw == 1 and (sh, sw) == (1, 1) and (oh, ow) == xpad.shape[2:]:
-        return xpad.reshape(nb, c, oh * ow)  # the input is its own column matrix
+    nb, c, k = xpad.shape[0], geo["c"], geo["c"] * kh * kw
+    if _is_own_columns(geo) and not ones_row:
+        return xpad.reshape(nb, c, oh * ow)
     span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
     view = sliding_window_view(xpad, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
-    cols = np.empty((nb, c, kh, kw, oh, ow), dtype=xpad.dtype)
-    np.copyto(cols, view[:, :, :oh, :ow].transpose(0, 1, 4, 5, 2, 3))
-    return cols.reshape(nb, c * kh * kw, oh * ow)
+    cols = np.empty((nb, k + ones_row, oh * ow), dtype=xpad.dtype)
+    # splitting axes of a slice is always a view: the copy lands in ``cols``
+    np.copyto(cols[:, :k, :].reshape(nb, c, kh, kw, oh, ow), view[:, :, :oh, :ow].transpose(0, 1, 4, 5, 2, 3))
+    if ones_row:
+        cols[:, k, :] = 1
+    return cols
 
 
 def fold(dcols: np.ndarray, geo: dict[str, Any], out: np.ndarray) -> None:
@@ -177,21 +191,23 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: P
     geo = win.conv_geometry(x, weight, stride, padding, dilation)
     n, c, o, (oh, ow) = geo["n"], geo["c"], geo["o"], geo["out_hw"]
     w2 = weight.reshape(o, c * geo["kernel"][0] * geo["kernel"][1])
-    b3 = None if bias is None else bias.reshape(1, o, 1)
+    ones = bias is not None and not _is_own_columns(geo)
+    if ones:
+        w2 = np.concatenate([w2, bias.reshape(o, 1)], axis=1)
     y = np.empty((n, o, oh, ow), dtype=x.dtype)
     y3 = y.reshape(n, o, oh * ow)
     keep = keep_cols and chunk >= n
 
     def run(n0: int, n1: int) -> np.ndarray | None:
-        cols = unfold(_pad_chunk(x[n0:n1], padding), geo)
+        cols = unfold(_pad_chunk(x[n0:n1], padding), geo, ones)
         out = np.matmul(w2, cols, out=y3[n0:n1])
-        if b3 is not None:
-            np.add(out, b3, out=out)
+        if bias is not None and not ones:
+            np.add(out, bias.reshape(1, o, 1), out=out)
         return cols if keep else None
 
     pieces = split(n, chunk, workers.count())
     cols = workers.map(run, pieces)
-    return y, {"x": x, "geo": geo, "pieces": pieces, "cols": cols if keep else None}
+    return y, {"x": x, "geo": geo, "pieces": pieces, "cols": cols if keep else None, "ones": ones}
 
 
 def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray, bias: bool,
@@ -200,7 +216,7 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
     the weight gradient as one stacked ``g @ cols.T`` summed over the chunk's samples, the
     columns' gradient as ``weight.T @ g`` per sample, folded back into the chunk's rows of the
     input gradient."""
-    x, geo, pieces, kept = ctx["x"], ctx["geo"], ctx["pieces"], ctx["cols"]
+    x, geo, pieces, kept, ones = ctx["x"], ctx["geo"], ctx["pieces"], ctx["cols"], ctx["ones"]
     n, c, o, (oh, ow), (h, w), (ph, pw) = geo["n"], geo["c"], geo["o"], geo["out_hw"], geo["in_hw"], geo["padding"]
     (kh, kw), (hp, wp) = geo["kernel"], geo["pad_hw"]
     g3 = np.ascontiguousarray(grad_y).reshape(n, o, oh * ow)
@@ -209,7 +225,7 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
     index = {piece: k for k, piece in enumerate(pieces)}
 
     def run(n0: int, n1: int) -> np.ndarray:
-        cols = kept[index[n0, n1]] if kept is not None else unfold(_pad_chunk(x[n0:n1], (ph, pw)), geo)
+        cols = kept[index[n0, n1]] if kept is not None else unfold(_pad_chunk(x[n0:n1], (ph, pw)), geo, ones)
         g = g3[n0:n1]
         gw = np.add.reduce(np.matmul(g, cols.transpose(0, 2, 1)), axis=0)
         if need_input_grad:
@@ -229,8 +245,13 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
     gw = parts[0]
     for part in parts[1:]:
         gw += part
-    gb = np.add.reduce(g3, axis=(0, 2)) if bias else None
-    return gw.reshape(o, c, kh, kw), gb, gx
+    k = c * kh * kw
+    if ones:  # the last column is the bias gradient (the columns' last row is ones)
+        gb = np.ascontiguousarray(gw[:, k]) if bias else None
+        gw = gw[:, :k]
+    else:
+        gb = np.add.reduce(g3, axis=(0, 2)) if bias else None
+    return np.ascontiguousarray(gw).reshape(o, c, kh, kw), gb, gx
 
 
 # ------------------------------------------------------------------ pooling
