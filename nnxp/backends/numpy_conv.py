@@ -77,22 +77,45 @@ class _Workers:
         return max([1, *(lib.num_threads for lib in libs)])
 
     def map(self, fn: Callable[[int, int], Any], pieces: list[tuple[int, int]]) -> list[Any]:
-        """``[fn(n0, n1) for (n0, n1) in pieces]``, the pieces on the pool's threads."""
-        if len(pieces) == 1:
-            return [fn(*pieces[0])]
+        """``[fn(n0, n1) for (n0, n1) in pieces]``, the pieces shared between the calling thread and
+        ``count() - 1`` pool threads. At most ``count()`` pieces are in flight at once, so a batch
+        cut into more chunks than there are workers (a small ``col_budget``) never holds more
+        than ``count()`` chunks' columns."""
+        threads = min(self.count(), len(pieces))
+        if threads <= 1:
+            return [fn(n0, n1) for n0, n1 in pieces]
         with self._lock:
-            if self._pool is None or self._size < len(pieces):
+            if self._pool is None or self._size < threads - 1:
                 if self._pool is not None:
                     self._pool.shutdown(wait=False)
-                self._size = len(pieces)
+                self._size = threads - 1
                 self._pool = ThreadPoolExecutor(self._size, thread_name_prefix="nnxp-conv")
             if self._depth == 0:
                 self._saved = self._blas_controller().limit(limits=1)
             self._depth += 1
+        results: list[Any] = [None] * len(pieces)
+        todo = iter(enumerate(pieces))
+        take = threading.Lock()
+
+        def drain() -> None:
+            while True:
+                with take:
+                    item = next(todo, None)
+                if item is None:
+                    return
+                k, (n0, n1) = item
+                results[k] = fn(n0, n1)
+
         try:
-            futures = [self._pool.submit(fn, n0, n1) for n0, n1 in pieces[1:]]
-            first = fn(*pieces[0])  # the calling thread takes a share too
-            return [first, *(f.result() for f in futures)]
+            futures = [self._pool.submit(drain) for _ in range(threads - 1)]
+            try:
+                drain()
+            finally:
+                for f in futures:  # wait for every piece, also when the caller's failed
+                    f.exception()
+            for f in futures:
+                f.result()
+            return results
         finally:
             with self._lock:
                 self._depth -= 1
