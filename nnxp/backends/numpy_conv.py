@@ -12,6 +12,7 @@ than the portable ones (channels, then chunks), so float32 results differ in the
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,7 @@ class _Workers:
         self.threads: int | None = None
         self._pool: Any = None
         self._size = 0
+        self._pid = 0
         self._blas: Any = None
         self._lock = threading.Lock()
         self._depth = 0  # parallel regions open (threads of a data-parallel fit may overlap them)
@@ -85,10 +87,11 @@ class _Workers:
         if threads <= 1:
             return [fn(n0, n1) for n0, n1 in pieces]
         with self._lock:
-            if self._pool is None or self._size < threads - 1:
+            if self._pool is None or self._size < threads - 1 or self._pid != os.getpid():
+                # a forked child inherits the pool object but none of its threads: make a new one
                 if self._pool is not None:
                     self._pool.shutdown(wait=False)
-                self._size = threads - 1
+                self._size, self._pid = threads - 1, os.getpid()
                 self._pool = ThreadPoolExecutor(self._size, thread_name_prefix="nnxp-conv")
             if self._depth == 0:
                 self._saved = self._blas_controller().limit(limits=1)
