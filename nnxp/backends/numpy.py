@@ -255,24 +255,21 @@ class NumpyBackend(Backend):
     def conv2d(self, x: Any, weight: Any, bias: Any | None, stride: tuple[int, int], padding: tuple[int, int],
                dilation: tuple[int, int], chunk: int, keep_cols: bool = True,
                ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
-        """NCHW throughout: per-sample column matrices from one sliding-window copy, one BLAS
-        product per sample written straight into the output, batch chunks on a thread pool
-        (``numpy_conv.workers``)."""
+        """Columns and outputs written into preallocated arrays (no stack/concat)."""
         from . import numpy_conv
 
         return numpy_conv.conv2d(x, weight, bias, stride, padding, dilation, chunk, keep_cols)
 
     def conv2d_backward(self, ctx: dict[str, Any], grad_y: Any, weight: Any, bias: bool, need_input_grad: bool,
                         ws: Workspace | None = None) -> tuple[Any, Any | None, Any | None]:
-        """Per batch chunk on the thread pool: the weight gradient summed over the chunk's
-        samples, the columns folded back with ``+=`` into slices (two steps for 2-D kernels)."""
+        """The columns folded back with ``+=`` into slices, two steps for 2-D kernels."""
         from . import numpy_conv
 
         return numpy_conv.conv2d_backward(ctx, grad_y, weight, bias, need_input_grad)
 
     def max_pool2d(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                    ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
-        """A chain of ``maximum(..., out=)``, batch chunks on the thread pool."""
+        """A chain of ``maximum(..., out=)``."""
         from . import numpy_conv
 
         return numpy_conv.max_pool2d(x, kernel, stride, padding)

@@ -16,14 +16,13 @@ from .base import Array, Layer
 class Conv2D(Layer):
     """2-D cross-correlation over NCHW images, like :class:`torch.nn.Conv2d`.
 
-    The work is the backend's ``conv2d`` / ``conv2d_backward`` kernels, which
-    unfold the windows of a batch chunk into column matrices so that the
-    forward pass and both gradients are matrix products (the portable kernel:
-    one ``(kh*kw*C, nb*OH*OW)`` matrix per chunk in channels-first layout; the
-    NumPy one: one ``(C*kh*kw, OH*OW)`` matrix per sample, NCHW throughout, on
-    a thread pool). Batches whose columns exceed :attr:`col_budget` bytes are
-    processed in chunks (the columns are then recomputed in ``backward``
-    instead of kept).
+    The work is the backend's ``conv2d`` / ``conv2d_backward`` kernels: the
+    input is moved once to channels-first ``(C, N, Hp, Wp)`` layout and
+    padded; the windows of a batch chunk are then unfolded into one
+    contiguous ``(kh*kw*C, nb*OH*OW)`` column matrix, so the forward pass and
+    both gradients are single large matrix products. Batches whose columns
+    exceed :attr:`col_budget` bytes are processed in chunks (the columns are
+    then recomputed in ``backward`` instead of kept).
 
     Args:
         in_channels: number of input channels ``C``.
