@@ -1,5 +1,6 @@
 """Conv2D, MaxPool2D, AvgPool2D, Flatten, Dropout and BatchNorm: gradient checks on
-every backend, PyTorch twins, placement, bad input, shapes, and fast path vs generic."""
+every backend, PyTorch twins, placement, bad input, shapes
+(the NumPy window kernels against the portable ones: tests/test_conv_kernels.py)."""
 
 from __future__ import annotations
 
@@ -190,24 +191,6 @@ def test_mixed_backends_raise(backend: nnxp.Backend) -> None:
 
 
 # ------------------------------------------------------------ conv specifics
-@pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
-                                    dict(kernel_size=(2, 3), stride=(1, 2), padding=(0, 1)),
-                                    dict(kernel_size=2, stride=3), dict(kernel_size=1)],
-                         ids=["k2", "k3-s2-p1", "overlap", "untiled", "k1"])
-def test_maxpool_numpy_fast_path_matches_generic(kwargs: dict) -> None:
-    """Ties (rounded values), a NaN, overlapping and untiled windows, padding: same output and gradient."""
-    host = np.round(np.random.default_rng(0).standard_normal((3, 2, 9, 8)))
-    host[1, 1, 4, 4] = np.nan
-    out = {}
-    for fast in (True, False):
-        pool = layers.MaxPool2D(**kwargs)
-        pool.use_fast_path = fast
-        y = pool.forward(host.copy())
-        out[fast] = (y, pool.backward(np.random.default_rng(1).standard_normal(tuple(y.shape))))
-    for a, b in zip(out[True], out[False], strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_dropout_numpy_kernel_matches_portable() -> None:
     x = np.random.default_rng(0).standard_normal((6, 50)).astype(np.float32)
     numpy_backend = nnxp.backends.resolve_backend("numpy")

@@ -551,6 +551,129 @@ class Backend:
         return out
 
 
+    # --------------------------------------------------------- window kernels
+    # Convolution and pooling (NCHW). The forward kernels return the output and an opaque context
+    # (a dict) that only the matching backward kernel reads; the portable versions live in
+    # ``backends/windows.py``.
+
+    def conv2d(self, x: Any, weight: Any, bias: Any | None, stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int], chunk: int, keep_cols: bool = True,
+               ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
+        """2-D cross-correlation of an NCHW batch (``torch.nn.functional.conv2d``) as im2col + GEMM.
+
+        The input is moved to channels-first ``(C, N, Hp, Wp)`` and padded;
+        the windows of ``chunk`` batch items at a time are unfolded into one
+        ``(kh*kw*C, chunk*OH*OW)`` column matrix and multiplied by the weight.
+
+        Args:
+            x: ``(N, C, H, W)`` input.
+            weight: ``(O, C, kh, kw)``.
+            bias: ``(O,)`` or ``None``.
+            stride: ``(sh, sw)``.
+            padding: zero padding ``(ph, pw)`` on each side.
+            dilation: ``(dh, dw)``.
+            chunk: batch items per column matrix (bounds its memory).
+            keep_cols: keep the columns for the backward pass (one chunk only).
+            ws: buffers an override may write into.
+
+        Returns:
+            ``(y, ctx)``: the ``(N, O, OH, OW)`` output and what :meth:`conv2d_backward` needs.
+        """
+        from . import windows
+
+        return windows.conv2d(self.xp, x, weight, bias, stride, padding, dilation, chunk, keep_cols)
+
+    def conv2d_backward(self, ctx: dict[str, Any], grad_y: Any, weight: Any, bias: bool, need_input_grad: bool,
+                        ws: Workspace | None = None) -> tuple[Any, Any | None, Any | None]:
+        """Gradients of :meth:`conv2d`.
+
+        Args:
+            ctx: the context :meth:`conv2d` returned (its columns are dropped here).
+            grad_y: ``(N, O, OH, OW)`` gradient of the output.
+            weight: the weight of the forward pass.
+            bias: whether there is a bias.
+            need_input_grad: compute the input gradient (``False``: ``None`` for it).
+            ws: buffers an override may write into.
+
+        Returns:
+            ``(grad_weight, grad_bias or None, grad_x or None)``.
+        """
+        from . import windows
+
+        return windows.conv2d_backward(self.xp, ctx, grad_y, weight, bias, need_input_grad)
+
+    def max_pool2d(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                   ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
+        """Maximum over each window (``-inf`` padding); a NaN in a window wins.
+
+        Args:
+            x: ``(N, C, H, W)`` input (kept in the context: do not modify it before the backward).
+            kernel: ``(kh, kw)``.
+            stride: ``(sh, sw)``.
+            padding: ``(ph, pw)``, at most half the kernel.
+            ws: buffers an override may write into.
+
+        Returns:
+            ``(y, ctx)``: the ``(N, C, OH, OW)`` output and what :meth:`max_pool2d_backward` needs.
+        """
+        from . import windows
+
+        return windows.max_pool2d(self.xp, x, kernel, stride, padding)
+
+    def max_pool2d_backward(self, ctx: dict[str, Any], grad_y: Any, ws: Workspace | None = None) -> Any:
+        """Gradient of :meth:`max_pool2d`: each window's gradient goes to its first maximum
+        (row-major order, as in PyTorch; a NaN counts as the maximum).
+
+        Returns:
+            ``(N, C, H, W)`` input gradient.
+        """
+        from . import windows
+
+        return windows.max_pool2d_backward(self.xp, ctx, grad_y)
+
+    def avg_pool2d(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                   count_include_pad: bool = True, ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
+        """Mean over each window (zero padding).
+
+        Args:
+            x: ``(N, C, H, W)`` input.
+            kernel: ``(kh, kw)``.
+            stride: ``(sh, sw)``.
+            padding: ``(ph, pw)``.
+            count_include_pad: divide by the full window size; ``False``: by the real pixels in it.
+            ws: buffers an override may write into.
+
+        Returns:
+            ``(y, ctx)``: the ``(N, C, OH, OW)`` output and what :meth:`avg_pool2d_backward` needs.
+        """
+        from . import windows
+
+        return windows.avg_pool2d(self.xp, x, kernel, stride, padding,
+                                  self._avg_divisor(x, kernel, stride, padding, count_include_pad))
+
+    def avg_pool2d_backward(self, ctx: dict[str, Any], grad_y: Any, ws: Workspace | None = None) -> Any:
+        """Gradient of :meth:`avg_pool2d`.
+
+        Returns:
+            ``(N, C, H, W)`` input gradient.
+        """
+        from . import windows
+
+        return windows.avg_pool2d_backward(self.xp, ctx, grad_y)
+
+    def _avg_divisor(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                     count_include_pad: bool) -> Any:
+        """Average pooling's divisor (a float, or per-window pixel counts), made once per geometry."""
+        from . import windows
+
+        key = ("avg_div", tuple(x.shape[2:]), kernel, stride, padding, count_include_pad, x.dtype)
+        div = self._constants.get(key)
+        if div is None:
+            div = self._constants[key] = windows.avg_divisor(self.xp, x, kernel, stride, padding,
+                                                             count_include_pad)
+        return div
+
+
 class _HostRandom:
     """Uniform numbers from a seeded host NumPy generator, moved to a backend."""
 

@@ -1,24 +1,18 @@
-"""Shared helpers for sliding-window layers (convolution and pooling).
+"""Argument handling and input checks shared by the sliding-window layers (convolution, pooling).
 
-Everything here uses the array API standard only: padding is a zeros (or
-``-inf``) array with the input assigned into a slice, and a window offset
-``(i, j)`` of the kernel is one strided slice of the padded input,
-``xpad[..., i*dh : i*dh + sh*(OH-1) + 1 : sh, j*dw : j*dw + sw*(OW-1) + 1 : sw]``,
-which has the output's spatial shape. Stacking those slices gives the
-unfolded ("im2col") columns; adding into the same slices folds a gradient
-back. Within one offset the slice never repeats an index, so ``+=`` is safe.
+The computation itself is in the backend's kernels (``Backend.conv2d``, ``max_pool2d``, ...;
+portable versions in :mod:`nnxp.backends.windows`).
 """
 
 from __future__ import annotations
 
-import functools
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+from ..backends.windows import Pair, out_size
 
 Array = Any
-Pair = tuple[int, int]
 
 #: byte budget of one chunk of unfolded columns (Conv2D processes larger batches in chunks)
 COL_BUDGET_BYTES = 64 * 2**20
@@ -36,10 +30,10 @@ def as_pair(value: int | Sequence[int], name: str, owner: str, minimum: int = 1)
     Returns:
         A pair of Python ints.
     """
-    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         pair = (int(value), int(value))
     elif (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
-          and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value)):
+          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
         pair = (int(value[0]), int(value[1]))
     else:
         raise ValueError(f"{owner} {name} must be an int or a pair of ints (height, width), got {value!r}")
@@ -51,46 +45,6 @@ def as_pair(value: int | Sequence[int], name: str, owner: str, minimum: int = 1)
 def compact(pair: Pair) -> int | Pair:
     """``(3, 3) -> 3``; an asymmetric pair stays a tuple (for ``config()``)."""
     return pair[0] if pair[0] == pair[1] else pair
-
-
-def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    """Output length along one axis (PyTorch's formula, floor mode)."""
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-@functools.lru_cache(maxsize=256)
-def axis_slices(k: int, s: int, d: int, out: int) -> tuple[slice, ...]:
-    """One slice per kernel tap along one axis: tap ``i`` sees ``i*d, i*d + s, ...`` (``out`` positions)."""
-    return tuple(slice(i * d, i * d + s * (out - 1) + 1, s) for i in range(k))
-
-
-@functools.lru_cache(maxsize=256)
-def offset_slices(kernel: Pair, stride: Pair, dilation: Pair,
-                  out_hw: Pair) -> tuple[tuple[slice, slice], ...]:
-    """One ``(rows, cols)`` slice pair per kernel offset, row-major over the kernel.
-
-    Each selects, from the padded input, the input pixel that kernel offset
-    ``(i, j)`` sees at every output position.
-    """
-    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
-    rows, cols = axis_slices(kh, sh, dh, oh), axis_slices(kw, sw, dw, ow)
-    return tuple((si, sj) for si in rows for sj in cols)
-
-
-def pad_last2(xp: Any, x: Array, padding: Pair, fill: float = 0.0, device: Any = None) -> Array:
-    """Pad the last two axes by ``padding`` on both sides with ``fill``; no copy when there is no padding."""
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
-    *lead, h, w = x.shape
-    shape = (*lead, h + 2 * ph, w + 2 * pw)
-    device = x.device if device is None else device
-    if fill == 0.0:
-        buf = xp.zeros(shape, dtype=x.dtype, device=device)
-    else:
-        buf = xp.full(shape, fill, dtype=x.dtype, device=device)
-    buf[..., ph:ph + h, pw:pw + w] = x
-    return buf
 
 
 def dtype_name(dtype: Any) -> str:

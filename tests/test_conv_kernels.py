@@ -1,0 +1,172 @@
+"""The window kernels (``conv2d``, ``max_pool2d``, ``avg_pool2d`` and their backward passes):
+every backend's version against the portable one (``Backend.portable()``), over shapes, strides,
+paddings, dilations, batch chunks, float32 and float64; and the portable versions on immutable
+arrays (JAX) and without writing into their inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import TOLERANCES, works
+from helpers import assert_on
+
+import nnxp
+from nnxp.backends import Backend, resolve_backend
+
+#: backends whose modules may override the window kernels; jax runs the portable ones
+NAMES = [pytest.param(name, id=name) for name in ("numpy", "torch", "jax") if works(name)]
+
+#: (input shape, out channels, kernel, stride, padding, dilation)
+CONV = {
+    "k3-p1": ((3, 2, 7, 6), 4, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "k3-s2-p1": ((2, 3, 9, 8), 2, (3, 3), (2, 2), (1, 1), (1, 1)),
+    "k2x3-s1x2-p0x1": ((2, 2, 6, 7), 3, (2, 3), (1, 2), (0, 1), (1, 1)),
+    "k3-d2-p2": ((2, 2, 8, 8), 3, (3, 3), (1, 1), (2, 2), (2, 2)),
+    "k1": ((4, 3, 5, 5), 2, (1, 1), (1, 1), (0, 0), (1, 1)),
+    "k1-s2-p1": ((2, 3, 5, 6), 2, (1, 1), (2, 2), (1, 1), (1, 1)),
+    "k5-s3": ((2, 1, 11, 12), 3, (5, 5), (3, 3), (0, 0), (1, 1)),
+    "k3x1": ((2, 2, 6, 5), 2, (3, 1), (1, 1), (1, 0), (1, 1)),
+    "mnist-like": ((5, 8, 14, 14), 16, (3, 3), (1, 1), (1, 1), (1, 1)),
+}
+
+#: (input shape, kernel, stride, padding)
+POOL = {
+    "k2": ((3, 2, 8, 8), (2, 2), (2, 2), (0, 0)),
+    "k2-odd": ((2, 3, 9, 7), (2, 2), (2, 2), (0, 0)),
+    "k3-s2-p1": ((2, 2, 9, 8), (3, 3), (2, 2), (1, 1)),
+    "k2x3-s1x2-p0x1-overlap": ((2, 2, 7, 8), (2, 3), (1, 2), (0, 1)),
+    "k2-s3-untiled": ((2, 2, 9, 8), (2, 2), (3, 3), (0, 0)),
+    "k1": ((2, 2, 4, 5), (1, 1), (1, 1), (0, 0)),
+    "k3-s1-p1": ((2, 3, 6, 6), (3, 3), (1, 1), (1, 1)),
+}
+
+
+def _host(shape: tuple[int, ...], seed: int, rounded: bool = False) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(shape)
+    return np.round(x) if rounded else x  # rounded: ties in the pooling windows
+
+
+def _np(x: Any) -> np.ndarray:
+    return np.array(nnxp.to_numpy(x), copy=True)  # a copy: an override may reuse its buffers
+
+
+def _compare(fast: list[Any], slow: list[Any], b: Backend, dtype: str, shapes: list[tuple[int, ...]]) -> None:
+    assert len(fast) == len(slow) == len(shapes)
+    for i, (f, s, shape) in enumerate(zip(fast, slow, shapes, strict=True)):
+        if s is None:
+            assert f is None, i
+            continue
+        assert_on(f, b, dtype, shape)
+        np.testing.assert_allclose(_np(f), _np(s), err_msg=str(i), **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", CONV.values(), ids=CONV.keys())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_matches_portable(name: str, case: tuple, dtype: str, bias: bool) -> None:
+    shape, o, kernel, stride, padding, dilation = case
+    b = resolve_backend(name)
+    x = b.asarray(_host(shape, 0), dtype=dtype)
+    w = b.asarray(_host((o, shape[1], *kernel), 1), dtype=dtype)
+    bb = b.asarray(_host((o,), 2), dtype=dtype) if bias else None
+    n = shape[0]
+
+    def run(k: Backend, chunk: int, keep: bool, need_gx: bool) -> tuple[list[Any], tuple[int, ...]]:
+        y, ctx = k.conv2d(x, w, bb, stride, padding, dilation, chunk=chunk, keep_cols=keep)
+        g = b.asarray(_host(tuple(y.shape), 3), dtype=dtype)
+        gw, gb, gx = k.conv2d_backward(ctx, g, w, bias, need_gx)
+        return [y, gw, gb, gx], tuple(y.shape)
+
+    for chunk, keep, need_gx in ((n, True, True), (n, False, True), (2, True, True), (1, False, False)):
+        fast, out_shape = run(b, chunk, keep, need_gx)
+        fast = [None if a is None else _np(a) for a in fast]  # before the next call reuses buffers
+        slow, _ = run(b.portable(), chunk, keep, need_gx)
+        shapes = [out_shape, (o, shape[1], *kernel), (o,), shape]
+        _compare([None if a is None else b.asarray(a) for a in fast], slow, b, dtype, shapes)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", POOL.values(), ids=POOL.keys())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("nan", [False, True])
+def test_max_pool2d_matches_portable(name: str, case: tuple, dtype: str, nan: bool) -> None:
+    """Ties (rounded values) and, with ``nan``, a NaN that must win its windows and take the gradient."""
+    shape, kernel, stride, padding = case
+    b = resolve_backend(name)
+    host = _host(shape, 0, rounded=True)
+    if nan:
+        host[1, 1, shape[2] // 2, shape[3] // 2] = np.nan
+    x = b.asarray(host, dtype=dtype)
+
+    def run(k: Backend) -> list[Any]:
+        y, ctx = k.max_pool2d(x, kernel, stride, padding)
+        g = b.asarray(_host(tuple(y.shape), 1), dtype=dtype)
+        return [_np(y), _np(k.max_pool2d_backward(ctx, g)), tuple(y.shape)]
+
+    fast, slow = run(b), run(b.portable())
+    assert fast[2] == slow[2]
+    for f, s in zip(fast[:2], slow[:2], strict=True):
+        np.testing.assert_array_equal(f, s)  # selection and routing: exact
+    assert np.isnan(fast[0]).any() == nan
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", POOL.values(), ids=POOL.keys())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_avg_pool2d_matches_portable(name: str, case: tuple, dtype: str, count_include_pad: bool) -> None:
+    shape, kernel, stride, padding = case
+    b = resolve_backend(name)
+    x = b.asarray(_host(shape, 0), dtype=dtype)
+
+    def run(k: Backend) -> tuple[list[Any], tuple[int, ...]]:
+        y, ctx = k.avg_pool2d(x, kernel, stride, padding, count_include_pad)
+        g = b.asarray(_host(tuple(y.shape), 1), dtype=dtype)
+        return [y, k.avg_pool2d_backward(ctx, g)], tuple(y.shape)
+
+    fast, out_shape = run(b)
+    fast = [_np(a) for a in fast]
+    slow, _ = run(b.portable())
+    _compare([b.asarray(a) for a in fast], slow, b, dtype, [out_shape, shape])
+
+
+@pytest.mark.parametrize("name", ["numpy", "array_api_strict"])
+def test_window_kernels_leave_their_inputs_alone(name: str) -> None:
+    """Neither version writes into the arrays it is given (the portable ones must also run on JAX)."""
+    if not works(name):
+        pytest.skip(f"{name} unavailable")
+    b = resolve_backend(name)
+    xh, wh, gh = _host((2, 3, 6, 6), 0), _host((4, 3, 3, 3), 1), _host((2, 4, 6, 6), 2)
+    for k in (b, b.portable()):
+        x, w, g = b.asarray(xh), b.asarray(wh), b.asarray(gh)
+        _, ctx = k.conv2d(x, w, None, (1, 1), (1, 1), (1, 1), chunk=2)
+        k.conv2d_backward(ctx, g, w, False, True)
+        _, ctx = k.max_pool2d(x, (3, 3), (1, 1), (1, 1))
+        k.max_pool2d_backward(ctx, g[:, :3, ...])
+        _, ctx = k.avg_pool2d(x, (3, 3), (1, 1), (1, 1), False)
+        k.avg_pool2d_backward(ctx, g[:, :3, ...])
+        for a, h in ((x, xh), (w, wh), (g, gh)):
+            np.testing.assert_array_equal(nnxp.to_numpy(a), h)
+
+
+def test_portable_window_kernels_on_jax() -> None:
+    """JAX arrays are immutable: the portable kernels (the JAX backend's) run and match NumPy's."""
+    if not works("jax"):
+        pytest.skip("jax unavailable")
+    j, n = resolve_backend("jax"), resolve_backend("numpy")
+    xh, wh = _host((2, 3, 7, 7), 0), _host((4, 3, 3, 3), 1)
+    outs = {}
+    for b in (j, n):
+        x, w = b.asarray(xh), b.asarray(wh)
+        y, ctx = b.conv2d(x, w, None, (2, 2), (1, 1), (1, 1), chunk=1)
+        gw, _, gx = b.conv2d_backward(ctx, b.asarray(np.ones(tuple(y.shape))), w, False, True)
+        p, pctx = b.max_pool2d(x, (3, 3), (2, 2), (1, 1))
+        gp = b.max_pool2d_backward(pctx, b.asarray(np.ones(tuple(p.shape))))
+        a, actx = b.avg_pool2d(x, (2, 2), (1, 1), (1, 1), False)
+        ga = b.avg_pool2d_backward(actx, b.asarray(np.ones(tuple(a.shape))))
+        outs[b.name] = [_np(v) for v in (y, gw, gx, p, gp, a, ga)]
+    for f, s in zip(outs["jax"], outs["numpy"], strict=True):
+        np.testing.assert_allclose(f, s, **TOLERANCES["float64"])
