@@ -111,7 +111,11 @@ def test_killed_rank_ends_the_job() -> None:
     # mpiexec names the killed process by pid and signal; fit's first line maps pids to ranks
     table = re.search(r"data-parallel over 2 ranks \(rank:pid@host 0:(\d+)@\S+, 1:(\d+)@", res.stdout)
     assert table, res.stdout
-    assert re.search(rf"PID {table.group(2)} RUNNING AT", res.stdout), res.stdout
+    # MPICH's hydra names the first process it sees die: usually the killed rank 1, but when its
+    # cleanup SIGKILL of rank 0 is noticed first it names rank 0 (seen once in CI); either way the
+    # pid it prints maps to a rank through fit's table
+    named = re.search(r"PID (\d+) RUNNING AT", res.stdout)
+    assert named and named.group(1) in table.groups(), res.stdout
     assert "Killed (signal 9)" in res.stdout
 
 
