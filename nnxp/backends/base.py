@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from . import windows
+
 #: elements of the one-hot matrix that ``Backend.scatter_add_rows`` builds at a time
 _ONEHOT_BUDGET = 1 << 24
 
@@ -579,8 +581,6 @@ class Backend:
         Returns:
             ``(y, ctx)``: the ``(N, O, OH, OW)`` output and what :meth:`conv2d_backward` needs.
         """
-        from . import windows
-
         return windows.conv2d(self.xp, x, weight, bias, stride, padding, dilation, chunk, keep_cols)
 
     def conv2d_backward(self, ctx: dict[str, Any], grad_y: Any, weight: Any, bias: bool, need_input_grad: bool,
@@ -598,8 +598,6 @@ class Backend:
         Returns:
             ``(grad_weight, grad_bias or None, grad_x or None)``.
         """
-        from . import windows
-
         return windows.conv2d_backward(self.xp, ctx, grad_y, weight, bias, need_input_grad)
 
     def max_pool2d(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -616,8 +614,6 @@ class Backend:
         Returns:
             ``(y, ctx)``: the ``(N, C, OH, OW)`` output and what :meth:`max_pool2d_backward` needs.
         """
-        from . import windows
-
         return windows.max_pool2d(self.xp, x, kernel, stride, padding)
 
     def max_pool2d_backward(self, ctx: dict[str, Any], grad_y: Any, ws: Workspace | None = None) -> Any:
@@ -627,8 +623,6 @@ class Backend:
         Returns:
             ``(N, C, H, W)`` input gradient.
         """
-        from . import windows
-
         return windows.max_pool2d_backward(self.xp, ctx, grad_y)
 
     def avg_pool2d(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -646,8 +640,6 @@ class Backend:
         Returns:
             ``(y, ctx)``: the ``(N, C, OH, OW)`` output and what :meth:`avg_pool2d_backward` needs.
         """
-        from . import windows
-
         return windows.avg_pool2d(self.xp, x, kernel, stride, padding,
                                   self._avg_divisor(x, kernel, stride, padding, count_include_pad))
 
@@ -657,15 +649,11 @@ class Backend:
         Returns:
             ``(N, C, H, W)`` input gradient.
         """
-        from . import windows
-
         return windows.avg_pool2d_backward(self.xp, ctx, grad_y)
 
     def _avg_divisor(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                      count_include_pad: bool) -> Any:
         """Average pooling's divisor (a float, or per-window pixel counts), made once per geometry."""
-        from . import windows
-
         key = ("avg_div", tuple(x.shape[2:]), kernel, stride, padding, count_include_pad, x.dtype)
         div = self._constants.get(key)
         if div is None:

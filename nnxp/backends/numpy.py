@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import numpy_conv
 from .base import Backend, Workspace, dtype_name
 
 __all__ = ["NumpyBackend", "Workspace", "workspace_of"]
@@ -256,43 +257,31 @@ class NumpyBackend(Backend):
                dilation: tuple[int, int], chunk: int, keep_cols: bool = True,
                ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
         """Columns and outputs written into preallocated arrays (no stack/concat)."""
-        from . import numpy_conv
-
         return numpy_conv.conv2d(x, weight, bias, stride, padding, dilation, chunk, keep_cols)
 
     def conv2d_backward(self, ctx: dict[str, Any], grad_y: Any, weight: Any, bias: bool, need_input_grad: bool,
                         ws: Workspace | None = None) -> tuple[Any, Any | None, Any | None]:
         """The columns folded back with ``+=`` into slices, two steps for 2-D kernels."""
-        from . import numpy_conv
-
         return numpy_conv.conv2d_backward(ctx, grad_y, weight, bias, need_input_grad)
 
     def max_pool2d(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                    ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
         """A chain of ``maximum(..., out=)``."""
-        from . import numpy_conv
-
         return numpy_conv.max_pool2d(x, kernel, stride, padding)
 
     def max_pool2d_backward(self, ctx: dict[str, Any], grad_y: Any, ws: Workspace | None = None) -> Any:
         """Boolean masks and ``multiply(..., out=)`` instead of ``where``; differs from the portable
         version only where the incoming gradient is already inf/NaN."""
-        from . import numpy_conv
-
         return numpy_conv.max_pool2d_backward(ctx, grad_y)
 
     def avg_pool2d(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                    count_include_pad: bool = True, ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
         """Window sums with ``+=`` into one array."""
-        from . import numpy_conv
-
         return numpy_conv.avg_pool2d(x, kernel, stride, padding,
                                      self._avg_divisor(x, kernel, stride, padding, count_include_pad))
 
     def avg_pool2d_backward(self, ctx: dict[str, Any], grad_y: Any, ws: Workspace | None = None) -> Any:
         """Slice assignment into one zero array."""
-        from . import numpy_conv
-
         return numpy_conv.avg_pool2d_backward(ctx, grad_y)
 
 def _like(arr: Any, ref: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+from ..backends.base import dtype_name
 from ..backends.windows import Pair, out_size
 
 Array = Any
@@ -45,11 +46,6 @@ def as_pair(value: int | Sequence[int], name: str, owner: str, minimum: int = 1)
 def compact(pair: Pair) -> int | Pair:
     """``(3, 3) -> 3``; an asymmetric pair stays a tuple (for ``config()``)."""
     return pair[0] if pair[0] == pair[1] else pair
-
-
-def dtype_name(dtype: Any) -> str:
-    """``"float32"`` for a dtype of any namespace (``array_api_strict.float32`` prints with a prefix)."""
-    return str(dtype).rsplit(".", 1)[-1]
 
 
 def dtype_error(layer: Any, x: Array) -> TypeError:
