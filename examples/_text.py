@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,33 @@ def limit_threads(n: int | None) -> Any:
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=n)
+
+
+def run(args: argparse.Namespace, build_net: Callable[[datasets.CharDataset], nnxp.Sequential], stem: str,
+        title: str) -> dict[str, Any]:
+    """What both examples' ``main`` does: cap the BLAS threads (``--threads``), load the text,
+    build the model for its vocabulary, print its summary, then :func:`train_and_report`; the
+    thread limit is lifted again however the run ends.
+
+    Args:
+        args: the parsed options of :func:`text_parser` (plus the example's own).
+        build_net: makes the model from the loaded data (its vocabulary sets the sizes).
+        stem: file name stem of the checkpoint, vocabulary and curves.
+        title: title of the curves plot.
+
+    Returns:
+        What :func:`train_and_report` returns.
+    """
+    limits = limit_threads(args.threads)
+    try:
+        data = load(args)
+        net = build_net(data)
+        if args.verbose:
+            print(net.summary((args.seq_len,)))
+        return train_and_report(net, data, args, stem, title)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
 
 
 def train_and_report(net: nnxp.Sequential, data: datasets.CharDataset, args: argparse.Namespace,

@@ -39,15 +39,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--embed", type=int, default=64, help="character embedding width")
     p.add_argument("--hidden", type=int, default=256, help="LSTM state size")
     args = p.parse_args(argv)
-    limits = _text.limit_threads(args.threads)
-    data = _text.load(args)
-    net = build(len(data.vocab), args.embed, args.hidden, backend=args.backend, dtype=args.dtype, seed=args.seed)
-    if args.verbose:
-        print(net.summary((args.seq_len,)))
-    result = _text.train_and_report(net, data, args, "char_lstm", "Character LSTM")
-    if limits is not None:
-        limits.restore_original_limits()
-    return result
+    return _text.run(args, lambda data: build(len(data.vocab), args.embed, args.hidden, backend=args.backend,
+                                              dtype=args.dtype, seed=args.seed),
+                     "char_lstm", "Character LSTM")
 
 
 if __name__ == "__main__":

@@ -50,16 +50,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=2, help="transformer blocks")
     args = p.parse_args(argv)
-    limits = _text.limit_threads(args.threads)
-    data = _text.load(args)
-    net = build(len(data.vocab), args.seq_len, args.dim, args.heads, args.layers, backend=args.backend,
-                dtype=args.dtype, seed=args.seed)
-    if args.verbose:
-        print(net.summary((args.seq_len,)))
-    result = _text.train_and_report(net, data, args, "char_transformer", "Character transformer")
-    if limits is not None:
-        limits.restore_original_limits()
-    return result
+    return _text.run(args, lambda data: build(len(data.vocab), args.seq_len, args.dim, args.heads, args.layers,
+                                              backend=args.backend, dtype=args.dtype, seed=args.seed),
+                     "char_transformer", "Character transformer")
 
 
 if __name__ == "__main__":
