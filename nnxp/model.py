@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -15,8 +16,10 @@ from .backends import Backend, backend_of, resolve_backend
 from .callbacks import CallbackList
 from .distributed import Communicator, guard
 from .history import History
+from .layers.activations import ReLU
 from .layers.base import Array, Layer
 from .layers.containers import LayerContainer, first_leaf, is_container, pick_initialisers
+from .layers.pooling import MaxPool2D
 from .losses import Loss, check_label_range, get_loss
 from .optim import Optimizer, Slot, get_optimizer
 
@@ -210,9 +213,25 @@ class Sequential(LayerContainer):
     __call__ = forward
 
     def _forward(self, x: Array, training: bool) -> Array:
-        for layer in self.layers:
+        for layer in self._plan():
             x = layer.forward(x, training)
         return x
+
+    def _plan(self) -> list[Layer]:
+        """The layers in the order they run: ``self.layers``, but a ``ReLU`` followed by a
+        ``MaxPool2D`` runs after it.
+
+        ReLU is non-decreasing, so it commutes with the maximum: ``pool(relu(x)) ==
+        relu(pool(x))`` and both orders route the gradient to the same pixel (the first
+        maximum; where the maximum is not positive both give zero). Pooled first, the ReLU
+        passes see a quarter of the data (2x2 pooling). Not at the start of the model, where
+        ``fit`` marks the first layer as not needing its input gradient.
+        """
+        layers = list(self.layers)
+        for i in range(1, len(layers) - 1):
+            if type(layers[i]) is ReLU and type(layers[i + 1]) is MaxPool2D:
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+        return layers
 
     def backward(self, grad: Array) -> Array:
         """Backpropagate ``grad`` (dLoss/dOutput) through every layer; fills ``layer.grads``.
@@ -221,7 +240,7 @@ class Sequential(LayerContainer):
             The gradient with respect to the input (``None`` if the first
             layer skipped it).
         """
-        for layer in reversed(self.layers):
+        for layer in reversed(self._plan()):
             grad = layer.backward(grad)
         return grad
 
@@ -389,7 +408,9 @@ class Sequential(LayerContainer):
             o.reuse_buffers = True
         saved_loss_backend, loss.backend = loss.backend, self.backend  # the model's kernels, portable or not
         self.stop_training = False
+        scope = contextlib.ExitStack()
         try:
+            scope.enter_context(self.backend.kernel_scope(self._leaf_layers()))
             cbs.on_train_begin()
             for _ in range(epochs):
                 epoch = self.epoch + 1
@@ -431,6 +452,7 @@ class Sequential(LayerContainer):
                     break
             cbs.on_train_end(logs if epochs else None)
         finally:
+            scope.close()
             if first is not None:
                 first.need_input_grad = saved_flags[0]
             if saved_flags[1] is not None:
@@ -449,7 +471,7 @@ class Sequential(LayerContainer):
         :class:`~nnxp.dataparallel.DataParallel`, ``mode == "dist"``) this rank takes its
         slice of each global batch and the gradients are averaged over the ranks."""
         xp, n = self.backend.xp, xs.shape[0]
-        layers = self.layers
+        layers = self._plan()
         zero = xp.zeros((), dtype=self.backend.dtype(self.dtype), device=self.backend.device)
         # device sums: of the mean losses of full batches (times bs when read: one call per step, not
         # two), of the last, partial batch's loss, and of the hits
@@ -532,6 +554,16 @@ class Sequential(LayerContainer):
         return logs
 
     # ----------------------------------------------------------- inference
+    def _leaf_layers(self) -> list[Layer]:
+        """Every layer of the model, those inside containers included."""
+        out: list[Layer] = []
+        stack = list(reversed(self.layers))
+        while stack:
+            layer = stack.pop()
+            out.append(layer)
+            stack.extend(reversed(getattr(layer, "layers", None) or []))
+        return out
+
     def predict(self, x: Any, batch_size: int = 1024) -> Array:
         """Outputs for ``x``, computed in batches (evaluation mode).
 
@@ -545,7 +577,8 @@ class Sequential(LayerContainer):
         x = self._inputs(x)
         xp = self.backend.xp
         n = x.shape[0]
-        outs = [self._forward(x[i:min(i + batch_size, n), ...], False) for i in range(0, n, batch_size)]
+        with self.backend.kernel_scope(self._leaf_layers()):
+            outs = [self._forward(x[i:min(i + batch_size, n), ...], False) for i in range(0, n, batch_size)]
         return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
     def evaluate(self, x: Any, y: Any, loss: Loss | str | None = None, batch_size: int = 1024) -> dict[str, float]:
@@ -571,13 +604,14 @@ class Sequential(LayerContainer):
         total, correct = zero, zero
         saved_loss_backend, loss.backend = loss.backend, self.backend
         try:
-            for i in range(0, n, batch_size):
-                stop = min(i + batch_size, n)
-                xb, yb = x[i:stop, ...], y[i:stop, ...]
-                out = self._forward(xb, False)
-                total = total + loss.forward(out, yb) * xb.shape[0]
-                if loss.classification:
-                    correct = correct + loss.correct(out, yb)
+            with self.backend.kernel_scope(self._leaf_layers()):
+                for i in range(0, n, batch_size):
+                    stop = min(i + batch_size, n)
+                    xb, yb = x[i:stop, ...], y[i:stop, ...]
+                    out = self._forward(xb, False)
+                    total = total + loss.forward(out, yb) * xb.shape[0]
+                    if loss.classification:
+                        correct = correct + loss.correct(out, yb)
         finally:
             loss.backend = saved_loss_backend
         res = {"loss": float(total) / n}

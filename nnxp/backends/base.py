@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -213,6 +215,22 @@ class Backend:
         for meth in _NOT_KERNELS:
             setattr(twin, meth, getattr(self, meth))
         return twin
+
+    def kernel_scope(self, layers: Sequence[Any]) -> contextlib.AbstractContextManager[None]:
+        """A block inside which a model's training or inference steps run.
+
+        ``Sequential.fit``, ``evaluate`` and ``predict`` enter it once around their
+        loops. Here it does nothing; the NumPy backend splits the kernels of models
+        with convolution or pooling layers over its own threads inside it
+        (:mod:`nnxp.backends.numpy_threads`).
+
+        Args:
+            layers: the model's layers, nested containers included.
+
+        Returns:
+            A context manager.
+        """
+        return contextlib.nullcontext()
 
     def workspace(self, owner: Any) -> Workspace | None:
         """The reusable output buffers of ``owner`` (a layer, loss or optimizer).

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import windows as win
+from .numpy_threads import parallel_rows, part_bounds
 
 Pair = tuple[int, int]
 
@@ -30,24 +31,33 @@ def pad2(x: np.ndarray, padding: Pair, fill: float = 0.0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ convolution
-def unfold(xpt: np.ndarray, n0: int, n1: int, geo: dict[str, Any]) -> np.ndarray:
-    """:func:`nnxp.backends.windows.unfold` into one preallocated array.
+def _pad_transposed_into(buf: np.ndarray, x: np.ndarray, padding: Pair, a: int, b: int) -> None:
+    """Rows ``a:b`` of ``pad2(x.transpose(1, 0, 2, 3), padding)`` into ``buf`` ``(C, N, Hp, Wp)``:
+    the interior written once, only the border zeroed."""
+    (ph, pw), (h, w) = padding, x.shape[2:]
+    blk = buf[:, a:b]
+    if ph:
+        blk[:, :, :ph] = 0
+        blk[:, :, ph + h:] = 0
+    if pw:
+        blk[:, :, ph:ph + h, :pw] = 0
+        blk[:, :, ph:ph + h, pw + w:] = 0
+    blk[:, :, ph:ph + h, pw:pw + w] = x[a:b].transpose(1, 0, 2, 3)
+
+
+def _unfold_part(out: np.ndarray, part: np.ndarray, geo: dict[str, Any]) -> None:
+    """Fill ``out`` ``(kh*kw, C, m, OH, OW)`` from ``part`` ``(C, m, Hp, Wp)``.
 
     A 2-D kernel is unfolded in two steps: first each of the ``kw`` column shifts is copied
-    into a ``(C, nb, Hp, OW)`` array, then the ``kh`` row shifts of that array select whole
+    into a ``(C, m, Hp, OW)`` array, then the ``kh`` row shifts of that array select whole
     blocks of rows. Copying the ``kh*kw`` windows directly moves the same data in ``OW``-long
     rows, and the short rows cost most of the time (about 1.4x slower for 3x3 kernels on
     14x14 images).
     """
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo["kernel"], geo["stride"], geo["dilation"], geo["out_hw"]
-    c, nb = geo["c"], n1 - n0
-    part = xpt if (n0, n1) == (0, xpt.shape[1]) else xpt[:, n0:n1, :, :]
-    if kh * kw == 1 and (sh, sw) == (1, 1):
-        return part.reshape(c, nb * oh * ow)  # the (padded) input is its own column matrix
     rows, cols = win.axis_slices(kh, sh, dh, oh), win.axis_slices(kw, sw, dw, ow)
-    out = np.empty((kh * kw, c, nb, oh, ow), dtype=xpt.dtype)
     if kh > 1 and kw > 1:
-        shifted = np.empty((c, nb, xpt.shape[2], ow), dtype=xpt.dtype)
+        shifted = np.empty((*part.shape[:3], ow), dtype=part.dtype)
         for j, sj in enumerate(cols):
             shifted[...] = part[:, :, :, sj]
             for i, si in enumerate(rows):
@@ -55,23 +65,32 @@ def unfold(xpt: np.ndarray, n0: int, n1: int, geo: dict[str, Any]) -> np.ndarray
     else:
         for k, (si, sj) in enumerate((si, sj) for si in rows for sj in cols):
             out[k, ...] = part[:, :, si, sj]
+
+
+def unfold(xpt: np.ndarray, n0: int, n1: int, geo: dict[str, Any]) -> np.ndarray:
+    """:func:`nnxp.backends.windows.unfold` into one preallocated array, split over the batch
+    (:func:`_unfold_part` per part)."""
+    (kh, kw), (sh, sw), (oh, ow) = geo["kernel"], geo["stride"], geo["out_hw"]
+    c, nb = geo["c"], n1 - n0
+    part = xpt if (n0, n1) == (0, xpt.shape[1]) else xpt[:, n0:n1, :, :]
+    if kh * kw == 1 and (sh, sw) == (1, 1):
+        return part.reshape(c, nb * oh * ow)  # the (padded) input is its own column matrix
+    out = np.empty((kh * kw, c, nb, oh, ow), dtype=xpt.dtype)
+    parallel_rows(lambda a, b: _unfold_part(out[:, :, a:b], part[:, a:b], geo), nb, out.size)
     return out.reshape(kh * kw * c, nb * oh * ow)
 
 
-def fold(dcols: np.ndarray, nb: int, geo: dict[str, Any]) -> np.ndarray:
-    """:func:`nnxp.backends.windows.fold` with ``+=`` into slices (for a 2-D kernel in two steps:
-    the row shifts into one ``(C, nb, Hp, OW)`` sum per kernel column, then that sum shifted by
-    the column)."""
+def _fold_part(d: np.ndarray, geo: dict[str, Any]) -> np.ndarray:
+    """The padded input gradient ``(C, m, Hp, Wp)`` of column gradients ``d`` ``(kh, kw, C, m, OH, OW)``:
+    ``+=`` into slices, for a 2-D kernel in two steps (the row shifts into one ``(C, m, Hp, OW)`` sum
+    per kernel column, then that sum shifted by the column)."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo["kernel"], geo["stride"], geo["dilation"], geo["out_hw"]
-    (hp, wp), c = geo["pad_hw"], geo["c"]
-    d = dcols.reshape(kh, kw, c, nb, oh, ow)
-    if kh * kw == 1 and (hp, wp) == (oh, ow):
-        return d[0, 0, ...]
+    (hp, wp), c, m = geo["pad_hw"], geo["c"], d.shape[3]
     rows, cols = win.axis_slices(kh, sh, dh, oh), win.axis_slices(kw, sw, dw, ow)
-    gpad = np.zeros((c, nb, hp, wp), dtype=dcols.dtype)
+    gpad = np.zeros((c, m, hp, wp), dtype=d.dtype)
     for j, sj in enumerate(cols):
         if kh > 1 and kw > 1:
-            acc = np.zeros((c, nb, hp, ow), dtype=dcols.dtype)
+            acc = np.zeros((c, m, hp, ow), dtype=d.dtype)
             for i, si in enumerate(rows):
                 acc[:, :, si, :] += d[i, j, ...]
             gpad[:, :, :, sj] += acc
@@ -81,62 +100,124 @@ def fold(dcols: np.ndarray, nb: int, geo: dict[str, Any]) -> np.ndarray:
     return gpad
 
 
+def fold_into(gx: np.ndarray, dcols: np.ndarray, geo: dict[str, Any]) -> None:
+    """:func:`nnxp.backends.windows.fold`, cropped and transposed back to ``(nb, C, H, W)`` into
+    ``gx``, split over the batch: each part folds its own images (:func:`_fold_part`)."""
+    (kh, kw), (oh, ow), c, nb = geo["kernel"], geo["out_hw"], geo["c"], gx.shape[0]
+    d = dcols.reshape(kh, kw, c, nb, oh, ow)
+
+    def part(a: int, b: int) -> None:
+        if kh * kw == 1 and geo["pad_hw"] == (oh, ow):
+            gpad = d[0, 0, :, a:b]
+        else:
+            gpad = _fold_part(d[:, :, :, a:b], geo)
+        gx[a:b] = win.crop2(gpad, geo["padding"], geo["in_hw"]).transpose(1, 0, 2, 3)
+
+    parallel_rows(part, nb, dcols.size)
+
+
+def _parts(n0: int, n1: int, work: int) -> list[tuple[int, int]]:
+    """Batch rows ``n0:n1`` split into one part per thread (absolute row numbers)."""
+    return [(n0 + a, n0 + b) for a, b in part_bounds(n1 - n0, work)]
+
+
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: Pair, padding: Pair,
            dilation: Pair, chunk: int, keep_cols: bool) -> tuple[np.ndarray, dict[str, Any]]:
-    """:meth:`~nnxp.backends.base.Backend.conv2d` on NumPy."""
+    """:meth:`~nnxp.backends.base.Backend.conv2d` on NumPy.
+
+    Each batch chunk is split into parts, one per thread (:mod:`~.numpy_threads`), and
+    each part runs the whole pipeline on its own rows: the channels-first padded copy of
+    the input, unfold, one BLAS product, and the ``(N, O, OH, OW)`` output written with the
+    bias added in the same pass.
+    """
     geo = win.conv_geometry(x, weight, stride, padding, dilation)
-    n, o, (oh, ow) = geo["n"], geo["o"], geo["out_hw"]
+    n, o, (oh, ow), (kh, kw) = geo["n"], geo["o"], geo["out_hw"], geo["kernel"]
     nb = max(1, min(n, chunk))
-    xpt = pad2(x.transpose(1, 0, 2, 3), padding)
+    xpt = np.empty((geo["c"], n, *geo["pad_hw"]), dtype=x.dtype)  # each part fills its own rows
     w2 = win.weight_matrix(np, weight)
-    b2 = None if bias is None else bias.reshape(o, 1)
+    b4 = None if bias is None else bias.reshape(1, o, 1, 1)
     y = np.empty((n, o, oh, ow), dtype=x.dtype)
-    cols = None
+
+    def part(a: int, b: int) -> np.ndarray:
+        _pad_transposed_into(xpt, x, padding, a, b)
+        cols = unfold(xpt, a, b, geo)
+        src = (w2 @ cols).reshape(o, b - a, oh, ow).transpose(1, 0, 2, 3)
+        if b4 is None:
+            y[a:b] = src
+        else:
+            np.add(src, b4, out=y[a:b])
+        return cols
+
+    saved = None
     for n0, n1 in win.chunks(n, nb):
-        cols = unfold(xpt, n0, n1, geo)
-        y2 = w2 @ cols
-        if b2 is not None:
-            y2 += b2
-        y[n0:n1, ...] = y2.reshape(o, n1 - n0, oh, ow).transpose(1, 0, 2, 3)
-    return y, {"xpt": xpt, "geo": geo, "nb": nb, "cols": cols if keep_cols and nb >= n else None}
+        parts = _parts(n0, n1, kh * kw * geo["c"] * (n1 - n0) * oh * ow)
+        cols = parallel_rows(lambda a, b: part(n0 + a, n0 + b), n1 - n0, 0,
+                             parts=[(a - n0, b - n0) for a, b in parts])
+        saved = list(zip(parts, cols))
+    return y, {"xpt": xpt, "geo": geo, "nb": nb, "cols": saved if keep_cols and nb >= n else None}
 
 
 def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray, bias: bool,
                     need_input_grad: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """:meth:`~nnxp.backends.base.Backend.conv2d_backward` on NumPy."""
+    """:meth:`~nnxp.backends.base.Backend.conv2d_backward` on NumPy.
+
+    Split into the forward's parts (one per thread): each transposes its rows of the output
+    gradient to ``(O, m*OH*OW)``, takes its share of the weight and bias gradients from it
+    and folds its column gradients straight into its rows of the ``(N, C, H, W)`` input
+    gradient. The shares are summed in part order, so the weight and bias gradients round
+    differently for different thread counts (as BLAS's own threads do).
+    """
     xpt, geo, nb = ctx["xpt"], ctx["geo"], ctx["nb"]
-    n, c, o, (oh, ow), (h, w), (ph, pw) = geo["n"], geo["c"], geo["o"], geo["out_hw"], geo["in_hw"], geo["padding"]
-    gt = grad_y.transpose(1, 0, 2, 3)
+    n, c, o, (oh, ow), (h, w), (kh, kw) = geo["n"], geo["c"], geo["o"], geo["out_hw"], geo["in_hw"], geo["kernel"]
     w2t = win.weight_matrix(np, weight, transposed=True) if need_input_grad else None
     gx = np.empty((n, c, h, w), dtype=grad_y.dtype) if need_input_grad else None
-    dw2t = None
-    for n0, n1 in win.chunks(n, nb):
-        cols = ctx["cols"] if ctx["cols"] is not None else unfold(xpt, n0, n1, geo)
-        g2 = gt[:, n0:n1, :, :].reshape(o, (n1 - n0) * oh * ow)
-        part = cols @ g2.T
-        dw2t = part if dw2t is None else dw2t + part
+    kept = dict(ctx["cols"] or ())
+
+    def part(a: int, b: int) -> tuple[np.ndarray, np.ndarray | None]:
+        cols = kept.get((a, b))
+        if cols is None:
+            cols = unfold(xpt, a, b, geo)
+        g2 = np.empty((o, b - a, oh, ow), dtype=grad_y.dtype)
+        g2[...] = grad_y[a:b].transpose(1, 0, 2, 3)
+        g2 = g2.reshape(o, (b - a) * oh * ow)
+        dw = cols @ g2.T
         if need_input_grad:
-            gpad = fold(w2t @ g2, n1 - n0, geo)
-            gx[n0:n1, ...] = gpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
+            fold_into(gx[a:b], w2t @ g2, geo)
+        return dw, (np.add.reduce(g2, axis=1) if bias else None)
+
+    dw2t, gb = None, None
+    for n0, n1 in win.chunks(n, nb):
+        parts = [p for p, _ in ctx["cols"]] if ctx["cols"] else _parts(n0, n1, kh * kw * c * (n1 - n0) * oh * ow)
+        shares = parallel_rows(lambda a, b: part(n0 + a, n0 + b), n1 - n0, 0,
+                               parts=[(a - n0, b - n0) for a, b in parts])
+        for dw, db in shares:
+            dw2t = dw if dw2t is None else dw2t + dw
+            if bias:
+                gb = db if gb is None else gb + db
     ctx["cols"] = None
-    kh, kw = geo["kernel"]
     gw = dw2t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
-    gb = np.add.reduce(grad_y, axis=(0, 2, 3)) if bias else None
     return gw, gb, gx
 
 
 # ------------------------------------------------------------------ pooling
 def max_pool2d(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> tuple[np.ndarray, dict[str, Any]]:
-    """:meth:`~nnxp.backends.base.Backend.max_pool2d` on NumPy: a chain of ``maximum(..., out=)``."""
+    """:meth:`~nnxp.backends.base.Backend.max_pool2d` on NumPy: a chain of ``maximum(..., out=)``,
+    split over the batch."""
     out_hw = win.pool_out_hw(x, kernel, stride, padding)
     xpad = pad2(x, padding, fill=-np.inf)
     sl = win.offset_slices(kernel, stride, (1, 1), out_hw)
-    if len(sl) == 1:
-        best = xpad[:, :, sl[0][0], sl[0][1]].copy()
-    else:
-        best = np.maximum(xpad[:, :, sl[0][0], sl[0][1]], xpad[:, :, sl[1][0], sl[1][1]])
+    best = np.empty((*x.shape[:2], *out_hw), dtype=x.dtype)
+
+    def part(a: int, b: int) -> None:
+        xa, out = xpad[a:b], best[a:b]
+        if len(sl) == 1:
+            out[...] = xa[:, :, sl[0][0], sl[0][1]]
+            return
+        np.maximum(xa[:, :, sl[0][0], sl[0][1]], xa[:, :, sl[1][0], sl[1][1]], out=out)
         for si, sj in sl[2:]:
-            np.maximum(best, xpad[:, :, si, sj], out=best)
+            np.maximum(out, xa[:, :, si, sj], out=out)
+
+    parallel_rows(part, x.shape[0], x.size)
     ctx = {"xpad": xpad, "y": best, "kernel": kernel, "stride": stride, "padding": padding,
            "in_hw": (x.shape[2], x.shape[3])}
     return best, ctx
@@ -150,7 +231,7 @@ def max_pool2d_backward(ctx: dict[str, Any], g: np.ndarray) -> np.ndarray:
     ``multiply(..., out=)`` straight into the strided slices of the input
     gradient. The last offset needs no comparison: it gets what is not taken.
     Differs from the portable version only where ``g`` is already inf/NaN
-    (``inf * False`` is NaN).
+    (``inf * False`` is NaN). Split over the batch.
     """
     xpad, best, kernel, stride = ctx["xpad"], ctx["y"], ctx["kernel"], ctx["stride"]
     sl = win.offset_slices(kernel, stride, (1, 1), (best.shape[2], best.shape[3]))
@@ -158,7 +239,8 @@ def max_pool2d_backward(ctx: dict[str, Any], g: np.ndarray) -> np.ndarray:
     (kh, kw), (hp, wp) = kernel, xpad.shape[2:]
     tiles = tuple(kernel) == tuple(stride) and hp % kh == 0 and wp % kw == 0  # every pixel written once
     gpad = np.empty_like(xpad, dtype=g.dtype) if tiles else np.zeros_like(xpad, dtype=g.dtype)
-    _max_route(xpad, best, g, sl, apart, gpad)
+    parallel_rows(lambda a, b: _max_route(xpad[a:b], best[a:b], g[a:b], sl, apart, gpad[a:b]),
+                  g.shape[0], xpad.size)
     return win.crop2(gpad, ctx["padding"], ctx["in_hw"])
 
 

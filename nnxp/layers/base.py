@@ -37,6 +37,10 @@ class Layer:
     #: ``Sequential.fit`` sets this True for its steps: a training step's outputs may then be
     #: written into buffers the next step overwrites (the backend's ``out=`` kernels)
     reuse_buffers: bool = False
+    #: the model's training and inference loops may split this layer's kernels over the
+    #: backend's own threads (``Backend.kernel_scope``): set by layers whose passes around
+    #: the BLAS products are a large share of a step (convolution, pooling)
+    splits_kernels: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

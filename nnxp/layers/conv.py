@@ -41,6 +41,8 @@ class Conv2D(Layer):
         col_budget: bytes of unfolded columns per batch chunk (default 64 MiB).
     """
 
+    splits_kernels = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
                  stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
                  dilation: int | Sequence[int] = 1, bias: bool = True,

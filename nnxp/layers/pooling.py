@@ -13,6 +13,8 @@ from .base import Array, Layer
 class _Pool2D(Layer):
     """Shared argument handling, checks and shapes of the pooling layers."""
 
+    splits_kernels = True
+
     def __init__(self, kernel_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
                  padding: int | Sequence[int] = 0) -> None:
         super().__init__()
