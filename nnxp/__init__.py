@@ -13,6 +13,7 @@ from .backends import (
     to_numpy,
     use_backend,
 )
+from .backends.numpy_threads import get_num_threads, set_num_threads
 from .gradcheck import GradcheckError, gradcheck
 from .history import History
 from .io import CheckpointError, save
@@ -34,6 +35,7 @@ __all__ = [
     "callbacks",
     "datasets",
     "get_backend",
+    "get_num_threads",
     "gradcheck",
     "init",
     "layers",
@@ -43,6 +45,7 @@ __all__ = [
     "save",
     "schedules",
     "set_backend",
+    "set_num_threads",
     "to_device",
     "to_numpy",
     "use_backend",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 
 import nnxp
 from nnxp import datasets
+from nnxp.backends import numpy_threads
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -39,3 +42,17 @@ def assert_close(actual: Any, expected: Any, backend: nnxp.Backend | None = None
         assert_on(actual, backend, dtype, getattr(expected, "shape", None))
     np.testing.assert_allclose(nnxp.to_numpy(actual), nnxp.to_numpy(expected), rtol=rtol, atol=atol,
                                err_msg=err_msg)
+
+
+@contextlib.contextmanager
+def split_kernels(monkeypatch: pytest.MonkeyPatch, threads: int = 2) -> Iterator[None]:
+    """NumPy kernels split their passes over ``threads`` threads, even the tests' small arrays
+    (a part of one element is worth a thread), as they do inside ``fit`` of a conv model."""
+    monkeypatch.setattr(numpy_threads, "MIN_PART", 1)
+    nnxp.set_num_threads(threads)
+    try:
+        with numpy_threads.owned_threads():
+            assert numpy_threads.splitting()
+            yield
+    finally:
+        nnxp.set_num_threads(None)

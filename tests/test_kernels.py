@@ -46,7 +46,8 @@ def _kernels_overridden(b: Backend) -> list[str]:
 
     return [name for name, fn in vars(Backend).items()
             if callable(fn) and not name.startswith("_") and name not in _NOT_KERNELS
-            and name not in ("portable", "workspace", "kernel_scope", "check", "zero") and getattr(type(b), name) is not fn]
+            and name not in ("portable", "workspace", "kernel_scope", "check", "zero")
+            and getattr(type(b), name) is not fn]
 
 
 def _data(n: int = 300, features: int = 20, classes: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -151,8 +151,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: P
     saved = None
     for n0, n1 in win.chunks(n, nb):
         parts = _parts(n0, n1, kh * kw * geo["c"] * (n1 - n0) * oh * ow)
-        cols = parallel_rows(lambda a, b: part(n0 + a, n0 + b), n1 - n0, 0,
-                             parts=[(a - n0, b - n0) for a, b in parts])
+        cols = parallel_rows(part, n1 - n0, 0, parts=parts)
         saved = list(zip(parts, cols))
     return y, {"xpt": xpt, "geo": geo, "nb": nb, "cols": saved if keep_cols and nb >= n else None}
 
@@ -188,8 +187,7 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
     dw2t, gb = None, None
     for n0, n1 in win.chunks(n, nb):
         parts = [p for p, _ in ctx["cols"]] if ctx["cols"] else _parts(n0, n1, kh * kw * c * (n1 - n0) * oh * ow)
-        shares = parallel_rows(lambda a, b: part(n0 + a, n0 + b), n1 - n0, 0,
-                               parts=[(a - n0, b - n0) for a, b in parts])
+        shares = parallel_rows(part, n1 - n0, 0, parts=parts)
         for dw, db in shares:
             dw2t = dw if dw2t is None else dw2t + dw
             if bias:

@@ -30,6 +30,7 @@ passes alike), and the CPUs this process may run on, at most 8.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -141,7 +142,7 @@ def part_bounds(n: int, work: int) -> list[tuple[int, int]]:
     """
     parts = min(get_num_threads(), n, max(1, work // MIN_PART)) if splitting() else 1
     bounds = [(i * n) // parts for i in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def _run_part(fn: Callable[[int, int], object], a: int, b: int) -> object:
@@ -165,7 +166,8 @@ def parallel_rows(fn: Callable[[int, int], object], n: int, work: int,
         n: the number of rows (the length of the split axis).
         work: the pass's total size in array elements, which decides how many
             parts are worth a thread (at least :data:`MIN_PART` elements each).
-        parts: the split to use instead of :func:`part_bounds` ``(n, work)``.
+        parts: the ``(start, stop)`` ranges to run instead of :func:`part_bounds` ``(n, work)``
+            (``fn`` gets them as they are).
 
     Returns:
         What ``fn`` returned for each part, in order.
