@@ -12,7 +12,7 @@ import pytest
 
 import nnxp
 from nnxp import datasets
-from nnxp.backends import numpy_threads
+from nnxp.backends import numpy_conv, numpy_threads
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -47,8 +47,10 @@ def assert_close(actual: Any, expected: Any, backend: nnxp.Backend | None = None
 @contextlib.contextmanager
 def split_kernels(monkeypatch: pytest.MonkeyPatch, threads: int = 2) -> Iterator[None]:
     """NumPy kernels split their passes over ``threads`` threads, even the tests' small arrays
-    (a part of one element is worth a thread), as they do inside ``fit`` of a conv model."""
+    (a part of one element is worth a thread), as they do inside ``fit`` of a conv model, and
+    work one image at a time within a part (the window kernels' cache-sized steps)."""
     monkeypatch.setattr(numpy_threads, "MIN_PART", 1)
+    monkeypatch.setattr(numpy_conv, "STEP_BYTES", 1)
     nnxp.set_num_threads(threads)
     try:
         with numpy_threads.owned_threads():

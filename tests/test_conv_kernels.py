@@ -149,9 +149,13 @@ def test_max_pool2d_matches_portable(name: str, case: tuple, dtype: str, nan: bo
 @pytest.mark.parametrize("case", POOL.values(), ids=POOL.keys())
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("count_include_pad", [True, False])
-def test_avg_pool2d_matches_portable(name: str, case: tuple, dtype: str, count_include_pad: bool) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+def test_avg_pool2d_matches_portable(name: str, case: tuple, dtype: str, count_include_pad: bool, split: bool,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     shape, kernel, stride, padding = case
     b = resolve_backend(name)
+    if split and b.kind != "numpy":
+        pytest.skip("only the NumPy kernels split over threads")
     x = b.asarray(_host(shape, 0), dtype=dtype)
 
     def run(k: Backend) -> tuple[list[Any], tuple[int, ...]]:
@@ -159,8 +163,9 @@ def test_avg_pool2d_matches_portable(name: str, case: tuple, dtype: str, count_i
         g = b.asarray(_host(tuple(y.shape), 1), dtype=dtype)
         return [y, k.avg_pool2d_backward(ctx, g)], tuple(y.shape)
 
-    fast, out_shape = run(b)
-    fast = [_np(a) for a in fast]
+    with split_kernels(monkeypatch) if split else contextlib.nullcontext():
+        fast, out_shape = run(b)
+        fast = [_np(a) for a in fast]
     slow, _ = run(b.portable())
     _compare([b.asarray(a) for a in fast], slow, b, dtype, [out_shape, shape])
 

@@ -139,6 +139,11 @@ def _step_rows(geo: dict[str, Any], itemsize: int, nb: int) -> int:
     return max(1, min(nb, STEP_BYTES // max(1, kh * kw * geo["c"] * oh * ow * itemsize)))
 
 
+def _image_step(x: np.ndarray) -> int:
+    """Images of ``x`` (N, C, H, W) per step of a pooling pass: :data:`STEP_BYTES` of input."""
+    return max(1, STEP_BYTES // max(1, x[0].nbytes))
+
+
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: Pair, padding: Pair,
            dilation: Pair, chunk: int, keep_cols: bool) -> tuple[np.ndarray, dict[str, Any]]:
     """:meth:`~nnxp.backends.base.Backend.conv2d` on NumPy.
@@ -239,13 +244,14 @@ def max_pool2d(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> tupl
     best = np.empty((*x.shape[:2], *out_hw), dtype=x.dtype)
 
     def part(a: int, b: int) -> None:
-        xa, out = xpad[a:b], best[a:b]
-        if len(sl) == 1:
-            out[...] = xa[:, :, sl[0][0], sl[0][1]]
-            return
-        np.maximum(xa[:, :, sl[0][0], sl[0][1]], xa[:, :, sl[1][0], sl[1][1]], out=out)
-        for si, sj in sl[2:]:
-            np.maximum(out, xa[:, :, si, sj], out=out)
+        for s0, s1 in _steps(a, b, _image_step(xpad)):
+            xa, out = xpad[s0:s1], best[s0:s1]
+            if len(sl) == 1:
+                out[...] = xa[:, :, sl[0][0], sl[0][1]]
+                continue
+            np.maximum(xa[:, :, sl[0][0], sl[0][1]], xa[:, :, sl[1][0], sl[1][1]], out=out)
+            for si, sj in sl[2:]:
+                np.maximum(out, xa[:, :, si, sj], out=out)
 
     parallel_rows(part, x.shape[0], x.size)
     ctx = {"xpad": xpad, "y": best, "kernel": kernel, "stride": stride, "padding": padding,
@@ -269,8 +275,11 @@ def max_pool2d_backward(ctx: dict[str, Any], g: np.ndarray) -> np.ndarray:
     (kh, kw), (hp, wp) = kernel, xpad.shape[2:]
     tiles = tuple(kernel) == tuple(stride) and hp % kh == 0 and wp % kw == 0  # every pixel written once
     gpad = np.empty_like(xpad, dtype=g.dtype) if tiles else np.zeros_like(xpad, dtype=g.dtype)
-    parallel_rows(lambda a, b: _max_route(xpad[a:b], best[a:b], g[a:b], sl, apart, gpad[a:b]),
-                  g.shape[0], xpad.size)
+    def part(a: int, b: int) -> None:
+        for s0, s1 in _steps(a, b, _image_step(xpad)):
+            _max_route(xpad[s0:s1], best[s0:s1], g[s0:s1], sl, apart, gpad[s0:s1])
+
+    parallel_rows(part, g.shape[0], xpad.size)
     return win.crop2(gpad, ctx["padding"], ctx["in_hw"])
 
 
@@ -303,27 +312,41 @@ def _max_route(xpad: np.ndarray, best: np.ndarray, g: np.ndarray, sl: Sequence[t
 
 def avg_pool2d(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair,
                divisor: np.ndarray | float) -> tuple[np.ndarray, dict[str, Any]]:
-    """:meth:`~nnxp.backends.base.Backend.avg_pool2d` on NumPy: sums with ``+=`` into one array."""
+    """:meth:`~nnxp.backends.base.Backend.avg_pool2d` on NumPy: sums with ``+=`` into one array,
+    split over the batch and worked a few images at a time."""
     out_hw = win.pool_out_hw(x, kernel, stride, padding)
     xpad = pad2(x, padding)
     sl = win.offset_slices(kernel, stride, (1, 1), out_hw)
-    total = xpad[:, :, sl[0][0], sl[0][1]].copy()
-    for si, sj in sl[1:]:
-        total += xpad[:, :, si, sj]
-    total /= divisor
+    total = np.empty((*x.shape[:2], *out_hw), dtype=x.dtype)
+
+    def part(a: int, b: int) -> None:
+        for s0, s1 in _steps(a, b, _image_step(xpad)):
+            xa, out = xpad[s0:s1], total[s0:s1]
+            out[...] = xa[:, :, sl[0][0], sl[0][1]]
+            for si, sj in sl[1:]:
+                out += xa[:, :, si, sj]
+            out /= divisor
+
+    parallel_rows(part, x.shape[0], x.size)
     ctx = {"kernel": kernel, "stride": stride, "padding": padding, "in_hw": (x.shape[2], x.shape[3]),
            "pad_shape": xpad.shape, "div": divisor}
     return total, ctx
 
 
 def avg_pool2d_backward(ctx: dict[str, Any], grad_y: np.ndarray) -> np.ndarray:
-    """:meth:`~nnxp.backends.base.Backend.avg_pool2d_backward` on NumPy: slice assignment."""
-    g = grad_y / ctx["div"]
+    """:meth:`~nnxp.backends.base.Backend.avg_pool2d_backward` on NumPy: slice assignment, split over
+    the batch."""
     gpad = np.zeros(ctx["pad_shape"], dtype=grad_y.dtype)
     apart = win.disjoint(ctx["kernel"], ctx["stride"])
-    for si, sj in win.offset_slices(ctx["kernel"], ctx["stride"], (1, 1), (g.shape[2], g.shape[3])):
-        if apart:
-            gpad[:, :, si, sj] = g
-        else:
-            gpad[:, :, si, sj] += g
+    sl = win.offset_slices(ctx["kernel"], ctx["stride"], (1, 1), (grad_y.shape[2], grad_y.shape[3]))
+
+    def part(a: int, b: int) -> None:
+        g, gp = grad_y[a:b] / ctx["div"], gpad[a:b]
+        for si, sj in sl:
+            if apart:
+                gp[:, :, si, sj] = g
+            else:
+                gp[:, :, si, sj] += g
+
+    parallel_rows(part, grad_y.shape[0], gpad.size)
     return win.crop2(gpad, ctx["padding"], ctx["in_hw"])
