@@ -102,7 +102,8 @@ def _fold_part(d: np.ndarray, geo: dict[str, Any]) -> np.ndarray:
 
 def fold_into(gx: np.ndarray, dcols: np.ndarray, geo: dict[str, Any]) -> None:
     """:func:`nnxp.backends.windows.fold`, cropped and transposed back to ``(nb, C, H, W)`` into
-    ``gx``, split over the batch: each part folds its own images (:func:`_fold_part`)."""
+    ``gx``, split over the batch: each part folds its own images (:func:`_fold_part`). ``dcols``
+    is ``(kh*kw*C, nb*OH*OW)`` or a ``(kh, kw, C, nb, OH, OW)`` view."""
     (kh, kw), (oh, ow), c, nb = geo["kernel"], geo["out_hw"], geo["c"], gx.shape[0]
     d = dcols.reshape(kh, kw, c, nb, oh, ow)
 
@@ -121,6 +122,14 @@ def fold_into(gx: np.ndarray, dcols: np.ndarray, geo: dict[str, Any]) -> None:
 #: the passes. A 64-image batch of the benchmark's 32->64 3x3 convolution in steps of 8 images
 #: ran forward and backward in 0.77x the time of one 14.5 MB step (one thread, interleaved runs).
 STEP_BYTES = 1 << 20
+
+
+#: a convolution with at most this many products per output (``kh*kw*C``, the column count) runs
+#: them image by image straight into the ``(N, O, OH, OW)`` layout: its products are too small to
+#: hide the transposes of the output and its gradient (the benchmark's 1->32 3x3 convolution, 9
+#: columns, ran forward and backward in 0.64x the time of the one-product layout on one thread;
+#: the 32->64 one, 288 columns, in 1.08x, so it keeps one product per step).
+PER_IMAGE_K = 32
 
 
 def _parts(n0: int, n1: int, work: int) -> list[tuple[int, int]]:
@@ -165,16 +174,25 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: P
     y = np.empty((n, o, oh, ow), dtype=x.dtype)
     keep = keep_cols and nb >= n
 
+    k = kh * kw * geo["c"]
+    per_image = k <= PER_IMAGE_K
+
     def part(a: int, b: int) -> list[tuple[tuple[int, int], np.ndarray]]:
         kept = []
         for s0, s1 in _steps(a, b, step):
             _pad_transposed_into(xpt, x, padding, s0, s1)
             cols = unfold(xpt, s0, s1, geo)
-            src = (w2 @ cols).reshape(o, s1 - s0, oh, ow).transpose(1, 0, 2, 3)
-            if b4 is None:
-                y[s0:s1] = src
+            if per_image:  # (m, O, P) = (O, K) @ (m, K, P): one product per image, in place
+                y3 = y[s0:s1].reshape(s1 - s0, o, oh * ow)
+                np.matmul(w2, cols.reshape(k, s1 - s0, oh * ow).transpose(1, 0, 2), out=y3)
+                if bias is not None:
+                    y3 += bias.reshape(1, o, 1)
             else:
-                np.add(src, b4, out=y[s0:s1])
+                src = (w2 @ cols).reshape(o, s1 - s0, oh, ow).transpose(1, 0, 2, 3)
+                if b4 is None:
+                    y[s0:s1] = src
+                else:
+                    np.add(src, b4, out=y[s0:s1])
             if keep:
                 kept.append(((s0, s1), cols))
         return kept
@@ -186,7 +204,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: P
         for kept in parallel_rows(part, n1 - n0, 0, parts=parts):
             saved.update(kept)
         parts_of.append(parts)
-    return y, {"xpt": xpt, "geo": geo, "nb": nb, "step": step, "parts": parts_of, "cols": saved or None}
+    return y, {"xpt": xpt, "geo": geo, "nb": nb, "step": step, "parts": parts_of, "cols": saved or None,
+               "per_image": per_image}
 
 
 def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray, bias: bool,
@@ -199,8 +218,9 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
     input gradient. The shares are summed in order, so the weight and bias gradients round
     differently for different thread counts (as BLAS's own threads do).
     """
-    xpt, geo, step = ctx["xpt"], ctx["geo"], ctx["step"]
+    xpt, geo, step, per_image = ctx["xpt"], ctx["geo"], ctx["step"], ctx["per_image"]
     n, c, o, (oh, ow), (h, w), (kh, kw) = geo["n"], geo["c"], geo["o"], geo["out_hw"], geo["in_hw"], geo["kernel"]
+    k = kh * kw * c
     w2t = win.weight_matrix(np, weight, transposed=True) if need_input_grad else None
     gx = np.empty((n, c, h, w), dtype=grad_y.dtype) if need_input_grad else None
     kept = ctx["cols"] or {}
@@ -211,16 +231,27 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
             cols = kept.get((s0, s1))
             if cols is None:
                 cols = unfold(xpt, s0, s1, geo)
-            g2 = np.empty((o, s1 - s0, oh, ow), dtype=grad_y.dtype)
-            g2[...] = grad_y[s0:s1].transpose(1, 0, 2, 3)
-            g2 = g2.reshape(o, (s1 - s0) * oh * ow)
-            share = cols @ g2.T
+            m = s1 - s0
+            if per_image:  # the output gradient stays (m, O, P); the products go image by image
+                g3 = grad_y[s0:s1].reshape(m, o, oh * ow)
+                share = np.add.reduce(np.matmul(cols.reshape(k, m, oh * ow).transpose(1, 0, 2),
+                                                g3.transpose(0, 2, 1)), axis=0)
+                sums = np.add.reduce(g3, axis=(0, 2)) if bias else None
+                # (m, K, P) column gradients, viewed as (kh, kw, C, m, OH, OW) for the fold
+                dcols = (np.matmul(w2t, g3).reshape(m, kh, kw, c, oh, ow).transpose(1, 2, 3, 0, 4, 5)
+                         if need_input_grad else None)
+            else:
+                g2 = np.empty((o, m, oh, ow), dtype=grad_y.dtype)
+                g2[...] = grad_y[s0:s1].transpose(1, 0, 2, 3)
+                g2 = g2.reshape(o, m * oh * ow)
+                share = cols @ g2.T
+                sums = np.add.reduce(g2, axis=1) if bias else None
+                dcols = w2t @ g2 if need_input_grad else None
             dw = share if dw is None else np.add(dw, share, out=dw)
             if bias:
-                sums = np.add.reduce(g2, axis=1)
                 db = sums if db is None else np.add(db, sums, out=db)
-            if need_input_grad:
-                fold_into(gx[s0:s1], w2t @ g2, geo)
+            if dcols is not None:
+                fold_into(gx[s0:s1], dcols, geo)
         return dw, db
 
     dw2t, gb = None, None
