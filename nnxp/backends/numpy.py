@@ -59,12 +59,24 @@ class NumpyBackend(Backend):
 
     # ---------------------------------------------------------------- kernels
     def linear(self, x: Any, weight: Any, bias: Any | None, ws: Workspace | None = None) -> Any:
-        if ws is not None and x.ndim == 2:
-            y = np.matmul(x, weight, out=ws.get("y", (x.shape[0], weight.shape[1]), weight.dtype))
-        else:
+        """Into a reused buffer; inside :meth:`kernel_scope` (BLAS on one thread) large
+        products split over the batch rows, one part per thread."""
+        if ws is None or x.ndim != 2:
             y = np.matmul(x, weight)
-        if bias is not None:
-            np.add(y, bias, out=y)
+            if bias is not None:
+                np.add(y, bias, out=y)
+            return y
+        y = ws.get("y", (x.shape[0], weight.shape[1]), weight.dtype)
+
+        def part(a: int, b: int) -> None:
+            np.matmul(x[a:b], weight, out=y[a:b])
+            if bias is not None:
+                np.add(y[a:b], bias, out=y[a:b])
+
+        if x.size * weight.shape[1] >= LINEAR_TASKS_MIN and numpy_threads.splitting():
+            numpy_threads.parallel_rows(part, x.shape[0], 0, parts=numpy_threads.part_bounds(x.shape[0], 1 << 62))
+        else:
+            part(0, x.shape[0])
         return y
 
     def linear_backward(self, x: Any, weight: Any, grad_y: Any, bias: bool, need_input_grad: bool,
@@ -76,14 +88,19 @@ class NumpyBackend(Backend):
             return super().linear_backward(x, weight, grad_y, bias, need_input_grad, grads, ws)
         grads = grads or {}
         gw = _like(grads.get("weight"), weight)
-        np.matmul(x.T, grad_y, out=gw)
+        gx = ws.get("gx", x.shape, grad_y.dtype) if need_input_grad else None
+        if gx is not None and x.size * weight.shape[1] >= LINEAR_TASKS_MIN and numpy_threads.splitting():
+            # BLAS is on one thread here (kernel_scope): the two products run side by side
+            numpy_threads.parallel_rows(lambda a, b: np.matmul(x.T, grad_y, out=gw) if a == 0
+                                        else np.matmul(grad_y, weight.T, out=gx), 2, 0, parts=[(0, 1), (1, 2)])
+        else:
+            np.matmul(x.T, grad_y, out=gw)
+            if gx is not None:
+                np.matmul(grad_y, weight.T, out=gx)
         gb = None
         if bias:
             gb = _like(grads.get("bias"), weight[0])
             np.add.reduce(grad_y, axis=0, out=gb)  # np.sum without its Python wrapper
-        gx = None
-        if need_input_grad:
-            gx = np.matmul(grad_y, weight.T, out=ws.get("gx", x.shape, grad_y.dtype))
         return gw, gb, gx
 
     def relu(self, x: Any, ws: Workspace | None = None) -> tuple[Any, Any]:
@@ -318,6 +335,11 @@ class NumpyBackend(Backend):
     def avg_pool2d_backward(self, ctx: dict[str, Any], grad_y: Any, ws: Workspace | None = None) -> Any:
         """Slice assignment into one zero array."""
         return numpy_conv.avg_pool2d_backward(ctx, grad_y)
+
+#: multiply-adds from which ``linear_backward`` inside ``kernel_scope`` runs its weight and input
+#: gradient products on two threads at once (a 50 us product is worth the hand-off)
+LINEAR_TASKS_MIN = 1 << 21
+
 
 def _like(arr: Any, ref: np.ndarray) -> np.ndarray:
     """``arr`` if it is a NumPy array shaped and typed like ``ref``, else a new one."""
