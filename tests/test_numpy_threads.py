@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 import nnxp
 from nnxp import layers as L
+from nnxp.backends import numpy as numpy_backend
 from nnxp.backends import numpy_threads, resolve_backend
 from nnxp.backends.base import Workspace
 
@@ -127,12 +128,15 @@ def test_owned_threads_puts_blas_on_one_thread_and_gives_it_back() -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_split_relu_and_adam_compute_what_whole_ones_do(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_split_relu_adam_and_linear_compute_what_whole_ones_do(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     b = resolve_backend("numpy")
+    monkeypatch.setattr(numpy_backend, "LINEAR_TASKS_MIN", 1)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 3, 4, 4)).astype(dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
     p0, gp = rng.standard_normal((7, 9)).astype(dtype), rng.standard_normal((7, 9)).astype(dtype)
+    xl, wl, bl = (rng.standard_normal(s).astype(dtype) for s in ((7, 5), (5, 3), (3,)))
+    gl = rng.standard_normal((7, 3)).astype(dtype)
 
     def run() -> list[np.ndarray]:
         ws = Workspace(np.empty)
@@ -141,13 +145,15 @@ def test_split_relu_and_adam_compute_what_whole_ones_do(dtype: str, monkeypatch:
         p, state = p0.copy(), {"m": np.zeros_like(p0), "v": np.zeros_like(p0)}
         for step in (1, 2):
             b.adam_update(p, gp, state, 1e-2, (0.9, 0.999), 1e-8, step, 0.01, False, ws=Workspace(np.empty))
-        return [y.copy(), mask.copy(), gx.copy(), p, state["m"], state["v"]]
+        lin = b.linear(xl, wl, bl, Workspace(np.empty))
+        lgw, lgb, lgx = b.linear_backward(xl, wl, gl, True, True, {}, Workspace(np.empty))
+        return [y.copy(), mask.copy(), gx.copy(), p, state["m"], state["v"], lin, lgw, lgb, lgx]
 
     whole = run()
     with split_kernels(monkeypatch):
         split = run()
     for w, s in zip(whole, split, strict=True):
-        np.testing.assert_array_equal(w, s)
+        np.testing.assert_allclose(w, s, rtol=1e-6 if dtype == "float32" else 1e-13, atol=0)
 
 
 def _cnn(seed: int = 0, first_relu: bool = False) -> nnxp.Sequential:
