@@ -4,6 +4,7 @@ The window kernels' split versions are compared with the portable ones in test_c
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -91,6 +92,14 @@ def test_thread_count_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert nnxp.get_num_threads() == 5  # OMP_NUM_THREADS=1 keeps a process on one core
     nnxp.set_num_threads(4)
     assert nnxp.get_num_threads() == 4
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    nnxp.set_num_threads(None)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = min(cpus, numpy_threads.MAX_DEFAULT)
+    assert nnxp.get_num_threads() == cpus
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")  # ranks on one machine share its cores
+    nnxp.set_num_threads(None)
+    assert nnxp.get_num_threads() == max(1, cpus // 2)
     monkeypatch.setenv("NNXP_NUM_THREADS", "many")
     nnxp.set_num_threads(None)
     with pytest.raises(ValueError, match="NNXP_NUM_THREADS='many' is not a thread count"):

@@ -24,7 +24,8 @@ summed (a convolution's weight and bias gradients), as with BLAS's own threads.
 The number of threads is, in this order: :func:`set_num_threads`, the
 ``NNXP_NUM_THREADS`` environment variable, ``OMP_NUM_THREADS`` (so
 ``OMP_NUM_THREADS=1`` keeps a process on one core for BLAS and for these
-passes alike), and the CPUs this process may run on, at most 8.
+passes alike), and the CPUs this process may run on, divided among the MPI
+ranks an MPI launcher started on this machine, at most 8.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def _env_threads(name: str) -> int | None:
     return n
 
 
+#: set by MPI launchers to the number of ranks on this machine (MPICH's hydra, Open MPI, Slurm)
+_LOCAL_RANKS_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+
+
 def _default_threads() -> int:
     for name in ("NNXP_NUM_THREADS", "OMP_NUM_THREADS"):
         n = _env_threads(name)
@@ -77,7 +82,13 @@ def _default_threads() -> int:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, MAX_DEFAULT))
+    local = 1
+    for name in _LOCAL_RANKS_VARS:  # ranks of one machine share its cores
+        value = os.environ.get(name, "").split("(")[0]
+        if value.strip().isdigit() and int(value) > 0:
+            local = int(value)
+            break
+    return max(1, min(cpus // local, MAX_DEFAULT))
 
 
 def get_num_threads() -> int:
