@@ -34,12 +34,27 @@ def _blas_threads() -> list[int]:
 
 def test_parts_cover_the_rows_once_in_order_on_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[int, int, str]] = []
+    both = threading.Barrier(2, timeout=10)  # a part waits for the other: two threads must run them
+
+    def fn(a: int, b: int) -> tuple[int, int]:
+        seen.append((a, b, threading.current_thread().name))
+        both.wait()
+        return a, b
+
     with split_kernels(monkeypatch):
-        out = numpy_threads.parallel_rows(lambda a, b: seen.append((a, b, threading.current_thread().name))
-                                          or (a, b), 7, 7)
+        out = numpy_threads.parallel_rows(fn, 7, 7)
     assert out == [(0, 3), (3, 7)]
     assert sorted((a, b) for a, b, _ in seen) == [(0, 3), (3, 7)]
     assert len({name for *_, name in seen}) == 2  # the caller and one pool thread
+
+
+def test_threads_take_the_next_free_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given more parts than threads, each runs once and the results come back in part order."""
+    parts = [(i, i + 1) for i in range(9)]
+    with split_kernels(monkeypatch):
+        out = numpy_threads.parallel_rows(lambda a, b: a * 10, 9, 0, parts=parts)
+    assert out == [a * 10 for a, _ in parts]
+    assert numpy_threads.parallel_rows(lambda a, b: a, 9, 0, parts=parts) == list(range(9))  # in order, here
 
 
 def test_no_split_outside_owned_threads_or_inside_a_part(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import windows as win
-from .numpy_threads import parallel_rows, part_bounds
+from .numpy_threads import parallel_rows
 
 Pair = tuple[int, int]
 
@@ -132,11 +132,6 @@ STEP_BYTES = 1 << 20
 PER_IMAGE_K = 32
 
 
-def _parts(n0: int, n1: int, work: int) -> list[tuple[int, int]]:
-    """Batch rows ``n0:n1`` split into one part per thread (absolute row numbers)."""
-    return [(n0 + a, n0 + b) for a, b in part_bounds(n1 - n0, work)]
-
-
 def _steps(a: int, b: int, step: int) -> list[tuple[int, int]]:
     """Rows ``a:b`` in runs of ``step``."""
     return [(s, min(b, s + step)) for s in range(a, b, step)]
@@ -157,12 +152,12 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: P
            dilation: Pair, chunk: int, keep_cols: bool) -> tuple[np.ndarray, dict[str, Any]]:
     """:meth:`~nnxp.backends.base.Backend.conv2d` on NumPy.
 
-    Each batch chunk is split into parts, one per thread (:mod:`~.numpy_threads`), and
-    each part runs the whole pipeline on its own rows, a few images at a time
-    (:data:`STEP_BYTES` of columns): the channels-first padded copy of the input,
-    unfold, one BLAS product, and the ``(N, O, OH, OW)`` output written with the bias
-    added in the same pass. The steps' columns are kept for ``backward`` when the whole
-    batch fits in ``chunk``.
+    Each batch chunk is worked a few images at a time (:data:`STEP_BYTES` of columns),
+    the steps shared out among the threads (:mod:`~.numpy_threads`); a step runs the
+    whole pipeline on its own rows: the channels-first padded copy of the input, unfold,
+    the BLAS product, and the ``(N, O, OH, OW)`` output written with the bias added in
+    the same pass. The steps' columns are kept for ``backward`` when the whole batch fits
+    in ``chunk``.
     """
     geo = win.conv_geometry(x, weight, stride, padding, dilation)
     n, o, (oh, ow), (kh, kw) = geo["n"], geo["o"], geo["out_hw"], geo["kernel"]
@@ -177,89 +172,80 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: P
     k = kh * kw * geo["c"]
     per_image = k <= PER_IMAGE_K
 
-    def part(a: int, b: int) -> list[tuple[tuple[int, int], np.ndarray]]:
-        kept = []
-        for s0, s1 in _steps(a, b, step):
-            _pad_transposed_into(xpt, x, padding, s0, s1)
-            cols = unfold(xpt, s0, s1, geo)
-            if per_image:  # (m, O, P) = (O, K) @ (m, K, P): one product per image, in place
-                y3 = y[s0:s1].reshape(s1 - s0, o, oh * ow)
-                np.matmul(w2, cols.reshape(k, s1 - s0, oh * ow).transpose(1, 0, 2), out=y3)
-                if bias is not None:
-                    y3 += bias.reshape(1, o, 1)
+    def unit(s0: int, s1: int) -> np.ndarray | None:
+        _pad_transposed_into(xpt, x, padding, s0, s1)
+        cols = unfold(xpt, s0, s1, geo)
+        if per_image:  # (m, O, P) = (O, K) @ (m, K, P): one product per image, in place
+            y3 = y[s0:s1].reshape(s1 - s0, o, oh * ow)
+            np.matmul(w2, cols.reshape(k, s1 - s0, oh * ow).transpose(1, 0, 2), out=y3)
+            if bias is not None:
+                y3 += bias.reshape(1, o, 1)
+        else:
+            src = (w2 @ cols).reshape(o, s1 - s0, oh, ow).transpose(1, 0, 2, 3)
+            if b4 is None:
+                y[s0:s1] = src
             else:
-                src = (w2 @ cols).reshape(o, s1 - s0, oh, ow).transpose(1, 0, 2, 3)
-                if b4 is None:
-                    y[s0:s1] = src
-                else:
-                    np.add(src, b4, out=y[s0:s1])
-            if keep:
-                kept.append(((s0, s1), cols))
-        return kept
+                np.add(src, b4, out=y[s0:s1])
+        return cols if keep else None
 
     saved: dict[tuple[int, int], np.ndarray] = {}
-    parts_of = []
+    steps_of = []
     for n0, n1 in win.chunks(n, nb):
-        parts = _parts(n0, n1, kh * kw * geo["c"] * (n1 - n0) * oh * ow)
-        for kept in parallel_rows(part, n1 - n0, 0, parts=parts):
-            saved.update(kept)
-        parts_of.append(parts)
-    return y, {"xpt": xpt, "geo": geo, "nb": nb, "step": step, "parts": parts_of, "cols": saved or None,
-               "per_image": per_image}
+        steps = _steps(n0, n1, step)
+        for s01, cols in zip(steps, parallel_rows(unit, n1 - n0, 0, parts=steps), strict=True):
+            if cols is not None:
+                saved[s01] = cols
+        steps_of.append(steps)
+    return y, {"xpt": xpt, "geo": geo, "steps": steps_of, "cols": saved or None, "per_image": per_image}
 
 
 def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray, bias: bool,
                     need_input_grad: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """:meth:`~nnxp.backends.base.Backend.conv2d_backward` on NumPy.
 
-    In the forward's parts (one per thread) and steps: each step transposes its rows of the
-    output gradient to ``(O, m*OH*OW)``, takes its share of the weight and bias gradients
-    from it and folds its column gradients straight into its rows of the ``(N, C, H, W)``
-    input gradient. The shares are summed in order, so the weight and bias gradients round
-    differently for different thread counts (as BLAS's own threads do).
+    In the forward's steps, shared out among the threads: each step transposes its rows of
+    the output gradient to ``(O, m*OH*OW)`` (or keeps them ``(m, O, OH*OW)``), takes its
+    share of the weight and bias gradients from it and folds its column gradients straight
+    into its rows of the ``(N, C, H, W)`` input gradient. The shares are summed in step
+    order, whichever thread ran them: the result does not depend on the thread count.
     """
-    xpt, geo, step, per_image = ctx["xpt"], ctx["geo"], ctx["step"], ctx["per_image"]
+    xpt, geo, per_image = ctx["xpt"], ctx["geo"], ctx["per_image"]
     n, c, o, (oh, ow), (h, w), (kh, kw) = geo["n"], geo["c"], geo["o"], geo["out_hw"], geo["in_hw"], geo["kernel"]
     k = kh * kw * c
     w2t = win.weight_matrix(np, weight, transposed=True) if need_input_grad else None
     gx = np.empty((n, c, h, w), dtype=grad_y.dtype) if need_input_grad else None
     kept = ctx["cols"] or {}
 
-    def part(a: int, b: int) -> tuple[np.ndarray, np.ndarray | None]:
-        dw = db = None
-        for s0, s1 in _steps(a, b, step):
-            cols = kept.get((s0, s1))
-            if cols is None:
-                cols = unfold(xpt, s0, s1, geo)
-            m = s1 - s0
-            if per_image:  # the output gradient stays (m, O, P); the products go image by image
-                g3 = grad_y[s0:s1].reshape(m, o, oh * ow)
-                share = np.add.reduce(np.matmul(cols.reshape(k, m, oh * ow).transpose(1, 0, 2),
-                                                g3.transpose(0, 2, 1)), axis=0)
-                sums = np.add.reduce(g3, axis=(0, 2)) if bias else None
-                # (m, K, P) column gradients, viewed as (kh, kw, C, m, OH, OW) for the fold
-                dcols = (np.matmul(w2t, g3).reshape(m, kh, kw, c, oh, ow).transpose(1, 2, 3, 0, 4, 5)
-                         if need_input_grad else None)
-            else:
-                g2 = np.empty((o, m, oh, ow), dtype=grad_y.dtype)
-                g2[...] = grad_y[s0:s1].transpose(1, 0, 2, 3)
-                g2 = g2.reshape(o, m * oh * ow)
-                share = cols @ g2.T
-                sums = np.add.reduce(g2, axis=1) if bias else None
-                dcols = w2t @ g2 if need_input_grad else None
-            dw = share if dw is None else np.add(dw, share, out=dw)
-            if bias:
-                db = sums if db is None else np.add(db, sums, out=db)
-            if dcols is not None:
-                fold_into(gx[s0:s1], dcols, geo)
-        return dw, db
+    def unit(s0: int, s1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        cols = kept.get((s0, s1))
+        if cols is None:
+            cols = unfold(xpt, s0, s1, geo)
+        m = s1 - s0
+        if per_image:  # the output gradient stays (m, O, P); the products go image by image
+            g3 = grad_y[s0:s1].reshape(m, o, oh * ow)
+            share = np.add.reduce(np.matmul(cols.reshape(k, m, oh * ow).transpose(1, 0, 2),
+                                            g3.transpose(0, 2, 1)), axis=0)
+            sums = np.add.reduce(g3, axis=(0, 2)) if bias else None
+            # (m, K, P) column gradients, viewed as (kh, kw, C, m, OH, OW) for the fold
+            dcols = (np.matmul(w2t, g3).reshape(m, kh, kw, c, oh, ow).transpose(1, 2, 3, 0, 4, 5)
+                     if need_input_grad else None)
+        else:
+            g2 = np.empty((o, m, oh, ow), dtype=grad_y.dtype)
+            g2[...] = grad_y[s0:s1].transpose(1, 0, 2, 3)
+            g2 = g2.reshape(o, m * oh * ow)
+            share = cols @ g2.T
+            sums = np.add.reduce(g2, axis=1) if bias else None
+            dcols = w2t @ g2 if need_input_grad else None
+        if dcols is not None:
+            fold_into(gx[s0:s1], dcols, geo)
+        return share, sums
 
     dw2t, gb = None, None
-    for parts in ctx["parts"]:
-        for dw, db in parallel_rows(part, 0, 0, parts=parts):
-            dw2t = dw if dw2t is None else dw2t + dw
+    for steps in ctx["steps"]:
+        for dw, db in parallel_rows(unit, 0, 0, parts=steps):  # summed in step order, whoever ran them
+            dw2t = dw if dw2t is None else np.add(dw2t, dw, out=dw2t)
             if bias:
-                gb = db if gb is None else gb + db
+                gb = db if gb is None else np.add(gb, db, out=gb)
     ctx["cols"] = None
     gw = dw2t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
     return gw, gb, gx
@@ -274,17 +260,16 @@ def max_pool2d(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair) -> tupl
     sl = win.offset_slices(kernel, stride, (1, 1), out_hw)
     best = np.empty((*x.shape[:2], *out_hw), dtype=x.dtype)
 
-    def part(a: int, b: int) -> None:
-        for s0, s1 in _steps(a, b, _image_step(xpad)):
-            xa, out = xpad[s0:s1], best[s0:s1]
-            if len(sl) == 1:
-                out[...] = xa[:, :, sl[0][0], sl[0][1]]
-                continue
-            np.maximum(xa[:, :, sl[0][0], sl[0][1]], xa[:, :, sl[1][0], sl[1][1]], out=out)
-            for si, sj in sl[2:]:
-                np.maximum(out, xa[:, :, si, sj], out=out)
+    def unit(s0: int, s1: int) -> None:
+        xa, out = xpad[s0:s1], best[s0:s1]
+        if len(sl) == 1:
+            out[...] = xa[:, :, sl[0][0], sl[0][1]]
+            return
+        np.maximum(xa[:, :, sl[0][0], sl[0][1]], xa[:, :, sl[1][0], sl[1][1]], out=out)
+        for si, sj in sl[2:]:
+            np.maximum(out, xa[:, :, si, sj], out=out)
 
-    parallel_rows(part, x.shape[0], x.size)
+    parallel_rows(unit, x.shape[0], 0, parts=_steps(0, x.shape[0], _image_step(xpad)))
     ctx = {"xpad": xpad, "y": best, "kernel": kernel, "stride": stride, "padding": padding,
            "in_hw": (x.shape[2], x.shape[3])}
     return best, ctx
@@ -306,11 +291,8 @@ def max_pool2d_backward(ctx: dict[str, Any], g: np.ndarray) -> np.ndarray:
     (kh, kw), (hp, wp) = kernel, xpad.shape[2:]
     tiles = tuple(kernel) == tuple(stride) and hp % kh == 0 and wp % kw == 0  # every pixel written once
     gpad = np.empty_like(xpad, dtype=g.dtype) if tiles else np.zeros_like(xpad, dtype=g.dtype)
-    def part(a: int, b: int) -> None:
-        for s0, s1 in _steps(a, b, _image_step(xpad)):
-            _max_route(xpad[s0:s1], best[s0:s1], g[s0:s1], sl, apart, gpad[s0:s1])
-
-    parallel_rows(part, g.shape[0], xpad.size)
+    parallel_rows(lambda s0, s1: _max_route(xpad[s0:s1], best[s0:s1], g[s0:s1], sl, apart, gpad[s0:s1]),
+                  g.shape[0], 0, parts=_steps(0, g.shape[0], _image_step(xpad)))
     return win.crop2(gpad, ctx["padding"], ctx["in_hw"])
 
 
@@ -350,15 +332,14 @@ def avg_pool2d(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair,
     sl = win.offset_slices(kernel, stride, (1, 1), out_hw)
     total = np.empty((*x.shape[:2], *out_hw), dtype=x.dtype)
 
-    def part(a: int, b: int) -> None:
-        for s0, s1 in _steps(a, b, _image_step(xpad)):
-            xa, out = xpad[s0:s1], total[s0:s1]
-            out[...] = xa[:, :, sl[0][0], sl[0][1]]
-            for si, sj in sl[1:]:
-                out += xa[:, :, si, sj]
-            out /= divisor
+    def unit(s0: int, s1: int) -> None:
+        xa, out = xpad[s0:s1], total[s0:s1]
+        out[...] = xa[:, :, sl[0][0], sl[0][1]]
+        for si, sj in sl[1:]:
+            out += xa[:, :, si, sj]
+        out /= divisor
 
-    parallel_rows(part, x.shape[0], x.size)
+    parallel_rows(unit, x.shape[0], 0, parts=_steps(0, x.shape[0], _image_step(xpad)))
     ctx = {"kernel": kernel, "stride": stride, "padding": padding, "in_hw": (x.shape[2], x.shape[3]),
            "pad_shape": xpad.shape, "div": divisor}
     return total, ctx
@@ -379,5 +360,5 @@ def avg_pool2d_backward(ctx: dict[str, Any], grad_y: np.ndarray) -> np.ndarray:
             else:
                 gp[:, :, si, sj] += g
 
-    parallel_rows(part, grad_y.shape[0], gpad.size)
+    parallel_rows(part, grad_y.shape[0], 0, parts=_steps(0, grad_y.shape[0], _image_step(gpad)))
     return win.crop2(gpad, ctx["padding"], ctx["in_hw"])

@@ -18,8 +18,10 @@ two-thread product instead of 1.0 ms). Elsewhere (an MLP, a hand-written
 training loop) the kernels run in one piece and BLAS keeps its own threads,
 whose hand-off is faster than a Python thread pool's for small products.
 
-Results do not depend on the number of threads, except where parts' shares are
-summed (a convolution's weight and bias gradients), as with BLAS's own threads.
+Results do not depend on the number of threads: parts write their own rows,
+and where shares are summed (a convolution's weight and bias gradients) they
+are summed in a fixed order. A Dense layer's product split over batch rows is
+BLAS's product of fewer rows, which may round differently.
 
 The number of threads is, in this order: :func:`set_num_threads`, the
 ``NNXP_NUM_THREADS`` environment variable, ``OMP_NUM_THREADS`` (so
@@ -166,11 +168,15 @@ def _run_part(fn: Callable[[int, int], object], a: int, b: int) -> object:
 
 def parallel_rows(fn: Callable[[int, int], object], n: int, work: int,
                   parts: list[tuple[int, int]] | None = None) -> list[object]:
-    """Run ``fn(start, stop)`` over ``range(n)`` split into contiguous parts, one per thread.
+    """Run ``fn(start, stop)`` over ``range(n)`` split into contiguous parts, on the threads.
 
-    The calling thread runs the first part itself and waits for the others; an
-    exception in any part is raised here after all parts have finished. Inside a
-    part, a nested call runs in one piece (no thread waits on another).
+    Without ``parts``, ``range(n)`` is split into one part per thread
+    (:func:`part_bounds`). With ``parts`` (more of them than threads, e.g. the
+    cache-sized steps of a window kernel), each thread takes the next part not
+    yet taken until none is left, so a thread that started late or runs slower
+    takes fewer. Outside :func:`owned_threads` (and inside a part) the parts run
+    in order in the calling thread. An exception in any part is raised here
+    after the running parts have finished; no new part starts after it.
 
     Args:
         fn: computes rows ``start:stop``; the parts must write disjoint memory.
@@ -181,22 +187,35 @@ def parallel_rows(fn: Callable[[int, int], object], n: int, work: int,
             (``fn`` gets them as they are).
 
     Returns:
-        What ``fn`` returned for each part, in order.
+        What ``fn`` returned for each part, in the order of the parts.
     """
     parts = parts if parts is not None else part_bounds(n, work)
-    if len(parts) == 1:
-        return [fn(*parts[0])]
-    pool = _executor(len(parts) - 1)
-    futures = [pool.submit(_run_part, fn, a, b) for a, b in parts[1:]]
-    first: object = None
-    try:
-        first = _run_part(fn, *parts[0])
-    finally:
-        errors = [f.exception() for f in futures]
-    for e in errors:
-        if e is not None:
-            raise e
-    return [first, *(f.result() for f in futures)]
+    threads = min(get_num_threads(), len(parts)) if splitting() else 1
+    if threads <= 1:
+        return [fn(a, b) for a, b in parts]
+    results: list[object] = [None] * len(parts)
+    order = iter(range(len(parts)))
+    take = threading.Lock()
+    failed: list[BaseException] = []
+
+    def drain() -> None:
+        while not failed:
+            with take:
+                i = next(order, None)
+            if i is None:
+                return
+            try:
+                results[i] = _run_part(fn, *parts[i])
+            except BaseException as e:  # reported by the caller once every thread has stopped
+                failed.append(e)
+
+    futures = [_executor(threads - 1).submit(drain) for _ in range(threads - 1)]
+    drain()
+    for f in futures:
+        f.result()
+    if failed:
+        raise failed[0]
+    return results
 
 
 def splitting() -> bool:
