@@ -241,3 +241,17 @@ def test_fit_splits_conv_models_only_and_trains_like_one_thread(monkeypatch: pyt
     mlp.fit(x.reshape(40, 64), y, loss="softmax_cross_entropy", optimizer="sgd", batch_size=16, epochs=1,
             verbose=0, callbacks=[Probe()])
     assert seen == [False]  # MLPs keep BLAS's own threads
+
+
+def test_ab_script_switches_a_constant_and_puts_it_back(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/ab.py, the tool behind the README's per-step ratios, on a tiny run."""
+    pytest.importorskip("torch")
+    from benchmarks import ab
+    from nnxp.backends import numpy_conv
+
+    before = numpy_conv.STEP_BYTES
+    assert ab.main(["nnxp.backends.numpy_conv", "STEP_BYTES", "1 << 40", "1 << 20", "--samples", "64",
+                    "--repeats", "1"]) == 0
+    assert numpy_conv.STEP_BYTES == before
+    out = capsys.readouterr().out
+    assert "A = 1 << 40" in out and "B/A " in out and "x torch" in out
