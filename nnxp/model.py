@@ -561,7 +561,8 @@ class Sequential(LayerContainer):
         while stack:
             layer = stack.pop()
             out.append(layer)
-            stack.extend(reversed(getattr(layer, "layers", None) or []))
+            if is_container(layer):
+                stack.extend(reversed(layer.layers))
         return out
 
     def predict(self, x: Any, batch_size: int = 1024) -> Array:

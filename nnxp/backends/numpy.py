@@ -73,8 +73,8 @@ class NumpyBackend(Backend):
             if bias is not None:
                 np.add(y[a:b], bias, out=y[a:b])
 
-        if x.size * weight.shape[1] >= LINEAR_TASKS_MIN and numpy_threads.splitting():
-            numpy_threads.parallel_rows(part, x.shape[0], 0, parts=numpy_threads.part_bounds(x.shape[0], 1 << 62))
+        if x.size * weight.shape[1] >= LINEAR_TASKS_MIN:  # one part per thread (inside kernel_scope)
+            numpy_threads.parallel_rows(part, x.shape[0], x.shape[0] * numpy_threads.MIN_PART)
         else:
             part(0, x.shape[0])
         return y
@@ -336,8 +336,9 @@ class NumpyBackend(Backend):
         """Slice assignment into one zero array."""
         return numpy_conv.avg_pool2d_backward(ctx, grad_y)
 
-#: multiply-adds from which ``linear_backward`` inside ``kernel_scope`` runs its weight and input
-#: gradient products on two threads at once (a 50 us product is worth the hand-off)
+#: multiply-adds from which, inside ``kernel_scope``, ``linear`` splits its product over the batch
+#: rows and ``linear_backward`` runs its weight and input gradient products on two threads at once
+#: (a 50 us product is worth the hand-off)
 LINEAR_TASKS_MIN = 1 << 21
 
 

@@ -45,19 +45,24 @@ def _pad_transposed_into(buf: np.ndarray, x: np.ndarray, padding: Pair, a: int, 
     blk[:, :, ph:ph + h, pw:pw + w] = x[a:b].transpose(1, 0, 2, 3)
 
 
-def _unfold_part(out: np.ndarray, part: np.ndarray, geo: dict[str, Any]) -> None:
-    """Fill ``out`` ``(kh*kw, C, m, OH, OW)`` from ``part`` ``(C, m, Hp, Wp)``.
+def unfold(xpt: np.ndarray, n0: int, n1: int, geo: dict[str, Any]) -> np.ndarray:
+    """:func:`nnxp.backends.windows.unfold` into one preallocated array.
 
     A 2-D kernel is unfolded in two steps: first each of the ``kw`` column shifts is copied
-    into a ``(C, m, Hp, OW)`` array, then the ``kh`` row shifts of that array select whole
+    into a ``(C, nb, Hp, OW)`` array, then the ``kh`` row shifts of that array select whole
     blocks of rows. Copying the ``kh*kw`` windows directly moves the same data in ``OW``-long
     rows, and the short rows cost most of the time (about 1.4x slower for 3x3 kernels on
     14x14 images).
     """
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo["kernel"], geo["stride"], geo["dilation"], geo["out_hw"]
+    c, nb = geo["c"], n1 - n0
+    part = xpt if (n0, n1) == (0, xpt.shape[1]) else xpt[:, n0:n1, :, :]
+    if kh * kw == 1 and (sh, sw) == (1, 1):
+        return part.reshape(c, nb * oh * ow)  # the (padded) input is its own column matrix
     rows, cols = win.axis_slices(kh, sh, dh, oh), win.axis_slices(kw, sw, dw, ow)
+    out = np.empty((kh * kw, c, nb, oh, ow), dtype=xpt.dtype)
     if kh > 1 and kw > 1:
-        shifted = np.empty((*part.shape[:3], ow), dtype=part.dtype)
+        shifted = np.empty((c, nb, xpt.shape[2], ow), dtype=xpt.dtype)
         for j, sj in enumerate(cols):
             shifted[...] = part[:, :, :, sj]
             for i, si in enumerate(rows):
@@ -65,18 +70,6 @@ def _unfold_part(out: np.ndarray, part: np.ndarray, geo: dict[str, Any]) -> None
     else:
         for k, (si, sj) in enumerate((si, sj) for si in rows for sj in cols):
             out[k, ...] = part[:, :, si, sj]
-
-
-def unfold(xpt: np.ndarray, n0: int, n1: int, geo: dict[str, Any]) -> np.ndarray:
-    """:func:`nnxp.backends.windows.unfold` into one preallocated array, split over the batch
-    (:func:`_unfold_part` per part)."""
-    (kh, kw), (sh, sw), (oh, ow) = geo["kernel"], geo["stride"], geo["out_hw"]
-    c, nb = geo["c"], n1 - n0
-    part = xpt if (n0, n1) == (0, xpt.shape[1]) else xpt[:, n0:n1, :, :]
-    if kh * kw == 1 and (sh, sw) == (1, 1):
-        return part.reshape(c, nb * oh * ow)  # the (padded) input is its own column matrix
-    out = np.empty((kh * kw, c, nb, oh, ow), dtype=xpt.dtype)
-    parallel_rows(lambda a, b: _unfold_part(out[:, :, a:b], part[:, a:b], geo), nb, out.size)
     return out.reshape(kh * kw * c, nb * oh * ow)
 
 
@@ -102,19 +95,12 @@ def _fold_part(d: np.ndarray, geo: dict[str, Any]) -> np.ndarray:
 
 def fold_into(gx: np.ndarray, dcols: np.ndarray, geo: dict[str, Any]) -> None:
     """:func:`nnxp.backends.windows.fold`, cropped and transposed back to ``(nb, C, H, W)`` into
-    ``gx``, split over the batch: each part folds its own images (:func:`_fold_part`). ``dcols``
-    is ``(kh*kw*C, nb*OH*OW)`` or a ``(kh, kw, C, nb, OH, OW)`` view."""
+    ``gx`` (:func:`_fold_part`). ``dcols`` is ``(kh*kw*C, nb*OH*OW)`` or a
+    ``(kh, kw, C, nb, OH, OW)`` view."""
     (kh, kw), (oh, ow), c, nb = geo["kernel"], geo["out_hw"], geo["c"], gx.shape[0]
     d = dcols.reshape(kh, kw, c, nb, oh, ow)
-
-    def part(a: int, b: int) -> None:
-        if kh * kw == 1 and geo["pad_hw"] == (oh, ow):
-            gpad = d[0, 0, :, a:b]
-        else:
-            gpad = _fold_part(d[:, :, :, a:b], geo)
-        gx[a:b] = win.crop2(gpad, geo["padding"], geo["in_hw"]).transpose(1, 0, 2, 3)
-
-    parallel_rows(part, nb, dcols.size)
+    gpad = d[0, 0] if kh * kw == 1 and geo["pad_hw"] == (oh, ow) else _fold_part(d, geo)
+    gx[...] = win.crop2(gpad, geo["padding"], geo["in_hw"]).transpose(1, 0, 2, 3)
 
 
 #: bytes of unfolded columns one step of a part works on: the columns, the product's output and
