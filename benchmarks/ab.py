@@ -24,8 +24,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
-
 from benchmarks import bench
 
 
@@ -45,14 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     values = {"A": eval(args.a), "B": eval(args.b)}
     case = bench.CASES[args.case]
     bargs = bench.parse_args(["--backend", "numpy", "--cases", args.case, "--no-calls"])
-    rng = np.random.default_rng(0)
-    n = args.samples
-    if case.kind in bench.SEQUENCE_KINDS:
-        vocab, t = case.seq[:2]
-        x, y = rng.integers(0, vocab, (n, t)), rng.integers(0, vocab, (n, t))
-    else:
-        x = rng.random((n, 1, 28, 28) if case.kind == "cnn" else (n, 784), dtype=np.float32)
-        y = rng.integers(0, 10, n)
+    x, y = bench.synthetic_data(case, args.samples, bargs.seed)
     contenders, _ = bench.make_contenders(case, bargs, x, y)
     by_name = {c.name: c for c in contenders}
     if "nnxp" not in by_name:

@@ -480,24 +480,28 @@ def make_contenders(case: Case, args: argparse.Namespace, x: Any, y: Any) -> tup
     return out, skipped
 
 
-def run_case(case: Case, args: argparse.Namespace, n: int, hostmem: HostMemory) -> tuple[list[Result], list[dict]]:
+def synthetic_data(case: Case, n: int, seed: int) -> tuple[Any, Any]:
+    """The case's ``n`` synthetic samples (see the module docstring) from a generator seeded by ``seed``."""
     import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if case.kind in SEQUENCE_KINDS:  # windows of token ids, a next-token label at every position
+        vocab, t = case.seq[:2]
+        return rng.integers(0, vocab, (n, t), dtype=np.int64), rng.integers(0, vocab, (n, t), dtype=np.int64)
+    x = rng.random((n, 784), dtype=np.float32)
+    if case.kind == "cnn":
+        x = x.reshape(n, 1, 28, 28)
+    return x, rng.integers(0, 10, n, dtype=np.int64)
+
+
+def run_case(case: Case, args: argparse.Namespace, n: int, hostmem: HostMemory) -> tuple[list[Result], list[dict]]:
 
     if case.kind == "cnn":
         why = cnn_missing()
         if why:
             log(f"[{case.name}] skipped: {why}")
             return [Result(case.name, "all", skipped=why)], []
-    rng = np.random.default_rng(args.seed)
-    if case.kind in SEQUENCE_KINDS:  # windows of token ids, a next-token label at every position
-        vocab, t = case.seq[:2]
-        x = rng.integers(0, vocab, (n, t), dtype=np.int64)
-        y = rng.integers(0, vocab, (n, t), dtype=np.int64)
-    else:
-        x = rng.random((n, 784), dtype=np.float32)
-        if case.kind == "cnn":
-            x = x.reshape(n, 1, 28, 28)
-        y = rng.integers(0, 10, n, dtype=np.int64)
+    x, y = synthetic_data(case, n, args.seed)
     contenders, skipped = make_contenders(case, args, x, y)
     del x
     results = {c.name: Result(case.name, c.name, samples=n, batch=case.batch) for c in contenders}
