@@ -19,6 +19,7 @@ from .history import History
 from .layers.activations import ReLU
 from .layers.base import Array, Layer
 from .layers.containers import LayerContainer, first_leaf, is_container, pick_initialisers
+from .layers.fused import fuse
 from .layers.pooling import MaxPool2D
 from .losses import Loss, check_label_range, get_loss
 from .optim import Optimizer, Slot, get_optimizer
@@ -217,9 +218,10 @@ class Sequential(LayerContainer):
             x = layer.forward(x, training)
         return x
 
-    def _plan(self) -> list[Layer]:
-        """The layers in the order they run: ``self.layers``, but a ``ReLU`` followed by a
-        ``MaxPool2D`` runs after it.
+    def _plan(self) -> list[Any]:
+        """The steps a pass runs: ``self.layers``, but a ``ReLU`` followed by a ``MaxPool2D``
+        runs after it, and a ``Conv2D, MaxPool2D[, ReLU]`` run that the backend fuses is one
+        step (:func:`nnxp.layers.fused.fuse`).
 
         ReLU is non-decreasing, so it commutes with the maximum: ``pool(relu(x)) ==
         relu(pool(x))`` and both orders route the gradient to the same pixel (the first
@@ -231,7 +233,7 @@ class Sequential(LayerContainer):
         for i in range(1, len(layers) - 1):
             if type(layers[i]) is ReLU and type(layers[i + 1]) is MaxPool2D:
                 layers[i], layers[i + 1] = layers[i + 1], layers[i]
-        return layers
+        return fuse(layers)
 
     def backward(self, grad: Array) -> Array:
         """Backpropagate ``grad`` (dLoss/dOutput) through every layer; fills ``layer.grads``.

@@ -51,6 +51,7 @@ def split_kernels(monkeypatch: pytest.MonkeyPatch, threads: int = 2) -> Iterator
     work one image at a time within a part (the window kernels' cache-sized steps)."""
     monkeypatch.setattr(numpy_threads, "MIN_PART", 1)
     monkeypatch.setattr(numpy_conv, "STEP_BYTES", 1)
+    monkeypatch.setattr(numpy_conv, "FUSED_STEP_BYTES", 1)
     nnxp.set_num_threads(threads)
     try:
         with numpy_threads.owned_threads():

@@ -14,7 +14,8 @@ from conftest import TOLERANCES, works
 from helpers import assert_on, split_kernels
 
 import nnxp
-from nnxp.backends import Backend, resolve_backend
+from nnxp.backends import Backend, numpy_conv, resolve_backend
+from nnxp.backends.base import Workspace
 
 WINDOW_KERNELS = ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
                   "avg_pool2d_backward")
@@ -86,22 +87,26 @@ def _compare(fast: list[Any], slow: list[Any], b: Backend, dtype: str, shapes: l
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
-def test_conv2d_matches_portable(name: str, case: tuple, dtype: str, bias: bool, split: bool,
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "workspace"])
+def test_conv2d_matches_portable(name: str, case: tuple, dtype: str, bias: bool, split: bool, reuse: bool,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """``split``: NumPy's kernels split over two threads (each batch part's pipeline on its own)."""
+    """``split``: NumPy's kernels split over two threads (each batch part's pipeline on its own);
+    ``reuse``: the arrays come from one workspace, used by every run in turn (as in ``fit``)."""
     shape, o, kernel, stride, padding, dilation = case
     b = resolve_backend(name)
-    if split and b.kind != "numpy":
-        pytest.skip("only the NumPy kernels split over threads")
+    if (split or reuse) and b.kind != "numpy":
+        pytest.skip("only the NumPy kernels split over threads and take a workspace")
     x = b.asarray(_host(shape, 0), dtype=dtype)
     w = b.asarray(_host((o, shape[1], *kernel), 1), dtype=dtype)
     bb = b.asarray(_host((o,), 2), dtype=dtype) if bias else None
     n = shape[0]
+    ws = Workspace(np.empty) if reuse else None
 
     def run(k: Backend, chunk: int, keep: bool, need_gx: bool) -> tuple[list[Any], tuple[int, ...]]:
-        y, ctx = k.conv2d(x, w, bb, stride, padding, dilation, chunk=chunk, keep_cols=keep)
+        kw = {"ws": ws} if k is b else {}
+        y, ctx = k.conv2d(x, w, bb, stride, padding, dilation, chunk=chunk, keep_cols=keep, **kw)
         g = b.asarray(_host(tuple(y.shape), 3), dtype=dtype)
-        gw, gb, gx = k.conv2d_backward(ctx, g, w, bias, need_gx)
+        gw, gb, gx = k.conv2d_backward(ctx, g, w, bias, need_gx, **kw)
         return [y, gw, gb, gx], tuple(y.shape)
 
     for chunk, keep, need_gx in ((n, True, True), (n, False, True), (2, True, True), (1, False, False)):
@@ -143,6 +148,77 @@ def test_max_pool2d_matches_portable(name: str, case: tuple, dtype: str, nan: bo
     for f, s in zip(fast[:2], slow[:2], strict=True):
         np.testing.assert_array_equal(f, s)  # selection and routing: exact
     assert np.isnan(fast[0]).any() == nan
+
+
+#: (input shape, out channels, kernel, padding, pool)
+CONV_POOL = {
+    "k3-p1-pool2": ((3, 1, 8, 8), 4, (3, 3), (1, 1), (2, 2)),
+    "rgb-odd": ((2, 3, 9, 7), 5, (3, 3), (1, 1), (2, 2)),
+    "k2x3-p0x1-pool3x2": ((2, 2, 11, 10), 3, (2, 3), (0, 1), (3, 2)),
+    "k1-pool2": ((4, 1, 6, 6), 2, (1, 1), (0, 0), (2, 2)),
+    "k5-p2-pool1": ((2, 1, 6, 5), 3, (5, 5), (2, 2), (1, 1)),
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", CONV_POOL.values(), ids=CONV_POOL.keys())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
+@pytest.mark.parametrize("mode", ["whole", "split", "workspace", "nan"])
+def test_conv2d_maxpool_matches_portable(name: str, case: tuple, dtype: str, relu: bool, mode: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused convolution + max pooling (+ ReLU) against the portable kernels one after the
+    other: exactly equal, ties included (integer inputs and weights: every sum is exact, so
+    both pick the same first maximum); ``nan``: a NaN input wins its windows and takes the
+    gradient; ``workspace``: two runs through one workspace, the second checked."""
+    shape, o, kernel, padding, pool = case
+    b = resolve_backend(name)
+    host = np.round(2 * _host(shape, 0))
+    if mode == "nan":
+        host[1, 0, shape[2] // 2, shape[3] // 2] = np.nan
+    x = b.asarray(host, dtype=dtype)
+    w = b.asarray(np.round(2 * _host((o, shape[1], *kernel), 1)), dtype=dtype)
+    bb = b.asarray(np.round(_host((o,), 2)), dtype=dtype)
+    ws = Workspace(np.empty) if mode == "workspace" else None
+
+    def run(k: Backend, need_gx: bool, seed: int) -> list[Any]:
+        kw = {"ws": ws} if k is b else {}
+        y, ctx = k.conv2d_maxpool(x, w, bb, padding, pool, relu, chunk=shape[0], **kw)
+        g = b.asarray(np.round(_host(tuple(y.shape), seed)), dtype=dtype)
+        gw, gb, gx = k.conv2d_maxpool_backward(ctx, g, w, True, need_gx, **kw)
+        return [_np(y), _np(gw), _np(gb), None if gx is None else _np(gx)]
+
+    for need_gx in (True, False):
+        with split_kernels(monkeypatch) if mode == "split" else contextlib.nullcontext():
+            if ws is not None:
+                run(b, need_gx, 5)  # fills the workspace with another step's arrays
+            fast = run(b, need_gx, 3)
+        slow = run(b.portable(), need_gx, 3)
+        for i, (f, s) in enumerate(zip(fast, slow, strict=True)):
+            if s is None:
+                assert f is None
+                continue
+            np.testing.assert_array_equal(f, s, err_msg=str(i))
+            assert f.dtype == np.dtype(dtype)
+    assert fast[0].shape == (shape[0], o, (shape[2] + 2 * padding[0] - kernel[0] + 1) // pool[0],
+                             (shape[3] + 2 * padding[1] - kernel[1] + 1) // pool[1])
+    assert np.isnan(fast[0]).any() == (mode == "nan")  # a NaN wins its windows, through the ReLU too
+
+
+def test_conv2d_maxpool_backward_needs_a_training_forward() -> None:
+    b = resolve_backend("numpy")
+    x, w = np.ones((1, 1, 4, 4)), np.ones((2, 1, 3, 3))
+    _, ctx = b.conv2d_maxpool(x, w, None, (1, 1), (2, 2), True, chunk=1, keep=False)
+    with pytest.raises(RuntimeError, match="keep=True"):
+        b.conv2d_maxpool_backward(ctx, np.ones((1, 2, 2, 2)), w, False, True)
+
+
+def test_numpy_fuses_small_first_convolutions_only() -> None:
+    b = resolve_backend("numpy")
+    assert b.fuses_conv2d_maxpool(1, (3, 3)) and b.fuses_conv2d_maxpool(3, (3, 3))
+    assert not b.fuses_conv2d_maxpool(32, (3, 3))
+    assert not b.portable().fuses_conv2d_maxpool(1, (3, 3))
+    assert numpy_conv.FUSE_MAX_K >= 27
 
 
 @pytest.mark.parametrize("name", NAMES)

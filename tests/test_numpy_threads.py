@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 import nnxp
 from nnxp import layers as L
 from nnxp.backends import numpy as numpy_backend
-from nnxp.backends import numpy_threads, resolve_backend
+from nnxp.backends import numpy_conv, numpy_threads, resolve_backend
 from nnxp.backends.base import Workspace
 
 pytestmark = pytest.mark.skipif(not works("numpy"), reason="numpy backend unavailable")
@@ -187,9 +187,11 @@ def _cnn(seed: int = 0, first_relu: bool = False) -> nnxp.Sequential:
                             L.Dense(6 * 2 * 2, 5)], backend="numpy", dtype="float64", seed=seed)
 
 
-def test_relu_runs_after_the_max_pool_it_precedes_with_the_same_results() -> None:
+def test_relu_runs_after_the_max_pool_it_precedes_with_the_same_results(monkeypatch: pytest.MonkeyPatch) -> None:
     """pool(relu(x)) == relu(pool(x)) and both route the gradient to the same pixel: the model's
-    outputs and gradients equal those of the layers run in the order given."""
+    outputs and gradients equal those of the layers run in the order given (the fused
+    convolution-pooling step is tested in tests/test_fused.py)."""
+    monkeypatch.setattr(numpy_conv, "FUSE_MAX_K", 0)
     net = _cnn()
     kinds = [type(layer).__name__ for layer in net._plan()]
     assert kinds == ["Conv2D", "MaxPool2D", "ReLU", "Conv2D", "MaxPool2D", "ReLU", "Flatten", "Dense"]

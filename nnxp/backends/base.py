@@ -643,6 +643,55 @@ class Backend:
         """
         return windows.max_pool2d_backward(self.xp, ctx, grad_y)
 
+    def fuses_conv2d_maxpool(self, in_channels: int, kernel: tuple[int, int]) -> bool:
+        """Whether :meth:`conv2d_maxpool` is worth running instead of the three kernels it
+        stands for, for a convolution with this many input channels and this kernel.
+
+        ``Sequential`` asks before it runs a ``Conv2D`` (stride 1, no dilation), the
+        ``MaxPool2D`` after it (stride equal to its kernel, no padding) and a ``ReLU``
+        after that as one step. Here ``False``: the fused kernel below is only the three
+        kernels one after the other.
+        """
+        return False
+
+    def conv2d_maxpool(self, x: Any, weight: Any, bias: Any | None, padding: tuple[int, int],
+                       pool: tuple[int, int], relu: bool, chunk: int, keep: bool = True,
+                       ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
+        """:meth:`conv2d` (stride 1, no dilation), then :meth:`max_pool2d` over non-overlapping
+        ``pool`` windows (no padding), then, with ``relu``, :meth:`relu`, as one kernel.
+
+        Args:
+            x: ``(N, C, H, W)`` input.
+            weight: ``(O, C, kh, kw)``.
+            bias: ``(O,)`` or ``None``.
+            padding: the convolution's zero padding ``(ph, pw)``.
+            pool: the pooling windows ``(pa, pb)``, also their stride.
+            relu: apply ``max(., 0)`` to the pooled output.
+            chunk: batch items per column matrix (as in :meth:`conv2d`).
+            keep: keep what the backward pass needs (``False`` for inference).
+            ws: buffers an override may write into.
+
+        Returns:
+            ``(y, ctx)``: the ``(N, O, OH // pa, OW // pb)`` output and what
+            :meth:`conv2d_maxpool_backward` needs.
+        """
+        yc, cctx = self.conv2d(x, weight, bias, (1, 1), padding, (1, 1), chunk, keep_cols=keep)
+        y, pctx = self.max_pool2d(yc, pool, pool, (0, 0))
+        mask = None
+        if relu:
+            y, mask = self.relu(y)
+        return y, {"conv": cctx, "pool": pctx, "mask": mask}
+
+    def conv2d_maxpool_backward(self, ctx: dict[str, Any], grad_y: Any, weight: Any, bias: bool,
+                                need_input_grad: bool, ws: Workspace | None = None
+                                ) -> tuple[Any, Any | None, Any | None]:
+        """Gradients of :meth:`conv2d_maxpool` (arguments and results as in :meth:`conv2d_backward`;
+        ``grad_y`` is the gradient of the pooled output)."""
+        if ctx["mask"] is not None:
+            grad_y = self.relu_backward(grad_y, ctx["mask"])
+        g = self.max_pool2d_backward(ctx["pool"], grad_y)
+        return self.conv2d_backward(ctx["conv"], g, weight, bias, need_input_grad)
+
     def avg_pool2d(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                    count_include_pad: bool = True, ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
         """Mean over each window (zero padding).

@@ -104,7 +104,11 @@ class NumpyBackend(Backend):
         return gw, gb, gx
 
     def relu(self, x: Any, ws: Workspace | None = None) -> tuple[Any, Any]:
-        """Into reused buffers; inside :meth:`kernel_scope` split into flat ranges, one per thread."""
+        """Into reused buffers; inside :meth:`kernel_scope` split into flat ranges, one per thread.
+
+        The maximum is taken against an array of zeros (:func:`~.numpy_conv.zeros`), not the
+        scalar 0, which NumPy does not run in SIMD.
+        """
         if ws is None:
             return np.maximum(x, 0), x > 0
         mask = ws.get("mask", x.shape, np.bool_)
@@ -113,10 +117,11 @@ class NumpyBackend(Backend):
             np.greater(x, 0, out=mask)
             return np.maximum(x, 0, out=y), mask
         xf, mf, yf = x.reshape(-1), mask.reshape(-1), y.reshape(-1)
+        zeros = numpy_conv.zeros(xf.size, x.dtype)
 
         def part(a: int, b: int) -> None:
             np.greater(xf[a:b], 0, out=mf[a:b])
-            np.maximum(xf[a:b], 0, out=yf[a:b])
+            np.maximum(xf[a:b], zeros[a:b], out=yf[a:b])
 
         numpy_threads.parallel_rows(part, xf.size, xf.size)
         return y, mask
@@ -309,12 +314,30 @@ class NumpyBackend(Backend):
                dilation: tuple[int, int], chunk: int, keep_cols: bool = True,
                ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
         """Columns and outputs written into preallocated arrays (no stack/concat)."""
-        return numpy_conv.conv2d(x, weight, bias, stride, padding, dilation, chunk, keep_cols)
+        return numpy_conv.conv2d(x, weight, bias, stride, padding, dilation, chunk, keep_cols, ws)
 
     def conv2d_backward(self, ctx: dict[str, Any], grad_y: Any, weight: Any, bias: bool, need_input_grad: bool,
                         ws: Workspace | None = None) -> tuple[Any, Any | None, Any | None]:
         """The columns folded back with ``+=`` into slices, two steps for 2-D kernels."""
-        return numpy_conv.conv2d_backward(ctx, grad_y, weight, bias, need_input_grad)
+        return numpy_conv.conv2d_backward(ctx, grad_y, weight, bias, need_input_grad, ws)
+
+    def fuses_conv2d_maxpool(self, in_channels: int, kernel: tuple[int, int]) -> bool:
+        """For convolutions with at most :data:`~.numpy_conv.FUSE_MAX_K` products per output
+        (``kh*kw*C``: a first layer on grey or RGB images), where pooling and the output
+        layout cost more than the products."""
+        return kernel[0] * kernel[1] * in_channels <= numpy_conv.FUSE_MAX_K
+
+    def conv2d_maxpool(self, x: Any, weight: Any, bias: Any | None, padding: tuple[int, int],
+                       pool: tuple[int, int], relu: bool, chunk: int, keep: bool = True,
+                       ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
+        """Columns in window-offset blocks: the pooling is contiguous passes over the product."""
+        return numpy_conv.conv2d_maxpool(x, weight, bias, padding, pool, relu, keep, ws)
+
+    def conv2d_maxpool_backward(self, ctx: dict[str, Any], grad_y: Any, weight: Any, bias: bool,
+                                need_input_grad: bool, ws: Workspace | None = None
+                                ) -> tuple[Any, Any | None, Any | None]:
+        """The routing to each window's maximum block by block, then the products and the fold."""
+        return numpy_conv.conv2d_maxpool_backward(ctx, grad_y, weight, bias, need_input_grad, ws)
 
     def max_pool2d(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                    ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:

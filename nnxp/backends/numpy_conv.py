@@ -8,7 +8,9 @@ NumPy). ``tests/test_conv_kernels.py`` compares each with its portable version.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,7 +47,8 @@ def _pad_transposed_into(buf: np.ndarray, x: np.ndarray, padding: Pair, a: int, 
     blk[:, :, ph:ph + h, pw:pw + w] = x[a:b].transpose(1, 0, 2, 3)
 
 
-def unfold(xpt: np.ndarray, n0: int, n1: int, geo: dict[str, Any]) -> np.ndarray:
+def unfold(xpt: np.ndarray, n0: int, n1: int, geo: dict[str, Any], out: np.ndarray | None = None,
+           shifted: np.ndarray | None = None) -> np.ndarray:
     """:func:`nnxp.backends.windows.unfold` into one preallocated array.
 
     A 2-D kernel is unfolded in two steps: first each of the ``kw`` column shifts is copied
@@ -60,9 +63,9 @@ def unfold(xpt: np.ndarray, n0: int, n1: int, geo: dict[str, Any]) -> np.ndarray
     if kh * kw == 1 and (sh, sw) == (1, 1):
         return part.reshape(c, nb * oh * ow)  # the (padded) input is its own column matrix
     rows, cols = win.axis_slices(kh, sh, dh, oh), win.axis_slices(kw, sw, dw, ow)
-    out = np.empty((kh * kw, c, nb, oh, ow), dtype=xpt.dtype)
+    out = np.empty((kh * kw, c, nb, oh, ow), dtype=xpt.dtype) if out is None else out
     if kh > 1 and kw > 1:
-        shifted = np.empty((c, nb, xpt.shape[2], ow), dtype=xpt.dtype)
+        shifted = np.empty((c, nb, xpt.shape[2], ow), dtype=xpt.dtype) if shifted is None else shifted
         for j, sj in enumerate(cols):
             shifted[...] = part[:, :, :, sj]
             for i, si in enumerate(rows):
@@ -73,17 +76,24 @@ def unfold(xpt: np.ndarray, n0: int, n1: int, geo: dict[str, Any]) -> np.ndarray
     return out.reshape(kh * kw * c, nb * oh * ow)
 
 
-def _fold_part(d: np.ndarray, geo: dict[str, Any]) -> np.ndarray:
+def _fold_part(d: np.ndarray, geo: dict[str, Any], gpad: np.ndarray | None = None,
+               acc: np.ndarray | None = None) -> np.ndarray:
     """The padded input gradient ``(C, m, Hp, Wp)`` of column gradients ``d`` ``(kh, kw, C, m, OH, OW)``:
     ``+=`` into slices, for a 2-D kernel in two steps (the row shifts into one ``(C, m, Hp, OW)`` sum
     per kernel column, then that sum shifted by the column)."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo["kernel"], geo["stride"], geo["dilation"], geo["out_hw"]
     (hp, wp), c, m = geo["pad_hw"], geo["c"], d.shape[3]
     rows, cols = win.axis_slices(kh, sh, dh, oh), win.axis_slices(kw, sw, dw, ow)
-    gpad = np.zeros((c, m, hp, wp), dtype=d.dtype)
+    if gpad is None:
+        gpad = np.zeros((c, m, hp, wp), dtype=d.dtype)
+    else:
+        gpad[...] = 0
     for j, sj in enumerate(cols):
         if kh > 1 and kw > 1:
-            acc = np.zeros((c, m, hp, ow), dtype=d.dtype)
+            if acc is None:
+                acc = np.zeros((c, m, hp, ow), dtype=d.dtype)
+            else:
+                acc[...] = 0
             for i, si in enumerate(rows):
                 acc[:, :, si, :] += d[i, j, ...]
             gpad[:, :, :, sj] += acc
@@ -93,13 +103,14 @@ def _fold_part(d: np.ndarray, geo: dict[str, Any]) -> np.ndarray:
     return gpad
 
 
-def fold_into(gx: np.ndarray, dcols: np.ndarray, geo: dict[str, Any]) -> None:
+def fold_into(gx: np.ndarray, dcols: np.ndarray, geo: dict[str, Any], gpad: np.ndarray | None = None,
+              acc: np.ndarray | None = None) -> None:
     """:func:`nnxp.backends.windows.fold`, cropped and transposed back to ``(nb, C, H, W)`` into
     ``gx`` (:func:`_fold_part`). ``dcols`` is ``(kh*kw*C, nb*OH*OW)`` or a
-    ``(kh, kw, C, nb, OH, OW)`` view."""
+    ``(kh, kw, C, nb, OH, OW)`` view; ``gpad``, ``acc``: scratch for :func:`_fold_part`."""
     (kh, kw), (oh, ow), c, nb = geo["kernel"], geo["out_hw"], geo["c"], gx.shape[0]
     d = dcols.reshape(kh, kw, c, nb, oh, ow)
-    gpad = d[0, 0] if kh * kw == 1 and geo["pad_hw"] == (oh, ow) else _fold_part(d, geo)
+    gpad = d[0, 0] if kh * kw == 1 and geo["pad_hw"] == (oh, ow) else _fold_part(d, geo, gpad, acc)
     gx[...] = win.crop2(gpad, geo["padding"], geo["in_hw"]).transpose(1, 0, 2, 3)
 
 
@@ -118,9 +129,31 @@ STEP_BYTES = 1 << 20
 PER_IMAGE_K = 32
 
 
+#: ``Sequential`` runs a convolution with at most this many products per output (``kh*kw*C``)
+#: together with the max pooling (and ReLU) after it as one kernel (:func:`conv2d_maxpool`); 0
+#: turns that off. For the benchmark's 1->32 3x3 convolution with 2x2 pooling, forward and
+#: backward took about half the time of the three kernels (one thread); for the 32->64 one
+#: (288 products) the phase columns cost more than the pooling saved.
+FUSE_MAX_K = 32
+
+#: bytes of columns and product per step of :func:`conv2d_maxpool` (the product is ``O/(kh*kw*C)``
+#: times the columns there, so a step holds more images than :data:`STEP_BYTES` would give).
+FUSED_STEP_BYTES = 1 << 22
+
+
 def _steps(a: int, b: int, step: int) -> list[tuple[int, int]]:
-    """Rows ``a:b`` in runs of ``step``."""
-    return [(s, min(b, s + step)) for s in range(a, b, step)]
+    """Rows ``a:b`` in the fewest runs of at most ``step`` rows, of even sizes.
+
+    The pool's threads take the runs in order as they come free, so a pass ends when the
+    thread that took the last run finishes it: even runs keep that wait short (64 images
+    in steps of 37 made one thread wait for a run of 37 after its run of 27). The runs
+    depend on the rows and ``step`` only, not on the thread count, so per-run partial sums
+    added up in run order give the same result on any number of threads.
+    """
+    n = b - a
+    k = -(-n // max(1, step))
+    bounds = [a + (i * n) // k for i in range(k + 1)] if n else [a]
+    return list(itertools.pairwise(bounds))
 
 
 def _step_rows(geo: dict[str, Any], itemsize: int, nb: int) -> int:
@@ -134,8 +167,13 @@ def _image_step(x: np.ndarray) -> int:
     return max(1, STEP_BYTES // max(1, x[0].nbytes))
 
 
+def _new(ws: Any, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The workspace's ``name`` array when ``ws`` is given, else a new one."""
+    return ws.get(name, shape, dtype) if ws is not None else np.empty(shape, dtype=dtype)
+
+
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: Pair, padding: Pair,
-           dilation: Pair, chunk: int, keep_cols: bool) -> tuple[np.ndarray, dict[str, Any]]:
+           dilation: Pair, chunk: int, keep_cols: bool, ws: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
     """:meth:`~nnxp.backends.base.Backend.conv2d` on NumPy.
 
     Each batch chunk is worked a few images at a time (:data:`STEP_BYTES` of columns),
@@ -143,31 +181,33 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: P
     whole pipeline on its own rows: the channels-first padded copy of the input, unfold,
     the BLAS product, and the ``(N, O, OH, OW)`` output written with the bias added in
     the same pass. The steps' columns are kept for ``backward`` when the whole batch fits
-    in ``chunk``.
+    in ``chunk``. With ``ws`` every array comes from the workspace (:func:`_step_views`).
     """
     geo = win.conv_geometry(x, weight, stride, padding, dilation)
-    n, o, (oh, ow), (kh, kw) = geo["n"], geo["o"], geo["out_hw"], geo["kernel"]
+    n, c, o, (oh, ow), (kh, kw) = geo["n"], geo["c"], geo["o"], geo["out_hw"], geo["kernel"]
+    dt = x.dtype
     nb = max(1, min(n, chunk))
-    step = _step_rows(geo, x.dtype.itemsize, nb)
-    xpt = np.empty((geo["c"], n, *geo["pad_hw"]), dtype=x.dtype)  # each step fills its own rows
+    step = _step_rows(geo, dt.itemsize, nb)
+    xpt = _new(ws, "xpt", (c, n, *geo["pad_hw"]), dt)  # each step fills its own rows
     w2 = win.weight_matrix(np, weight)
     b4 = None if bias is None else bias.reshape(1, o, 1, 1)
-    y = np.empty((n, o, oh, ow), dtype=x.dtype)
+    y = _new(ws, "y", (n, o, oh, ow), dt)
     keep = keep_cols and nb >= n
 
-    k = kh * kw * geo["c"]
+    k = kh * kw * c
     per_image = k <= PER_IMAGE_K
+    bufs: dict[str, dict[tuple[int, int], np.ndarray]] = {}
 
     def unit(s0: int, s1: int) -> np.ndarray | None:
         _pad_transposed_into(xpt, x, padding, s0, s1)
-        cols = unfold(xpt, s0, s1, geo)
+        cols = unfold(xpt, s0, s1, geo, bufs["cols"][s0, s1], bufs["shifted"][s0, s1])
         if per_image:  # (m, O, P) = (O, K) @ (m, K, P): one product per image, in place
             y3 = y[s0:s1].reshape(s1 - s0, o, oh * ow)
             np.matmul(w2, cols.reshape(k, s1 - s0, oh * ow).transpose(1, 0, 2), out=y3)
             if bias is not None:
                 y3 += bias.reshape(1, o, 1)
         else:
-            src = (w2 @ cols).reshape(o, s1 - s0, oh, ow).transpose(1, 0, 2, 3)
+            src = np.matmul(w2, cols, out=bufs["prod"][s0, s1]).reshape(o, s1 - s0, oh, ow).transpose(1, 0, 2, 3)
             if b4 is None:
                 y[s0:s1] = src
             else:
@@ -176,8 +216,12 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: P
 
     saved: dict[tuple[int, int], np.ndarray] = {}
     steps_of = []
-    for n0, n1 in win.chunks(n, nb):
+    for n0, n1 in win.chunks(n, nb):  # one chunk after the other: they share the step buffers
         steps = _steps(n0, n1, step)
+        bufs["cols"] = _step_views(ws, "cols", dt, steps, lambda m: (kh * kw, c, m, oh, ow))
+        bufs["shifted"] = _step_views(ws, "shifted", dt, steps,
+                                      lambda m: (c, m, geo["pad_hw"][0], ow) if kh > 1 and kw > 1 else (0,))
+        bufs["prod"] = _step_views(ws, "prod", dt, steps, lambda m: (0,) if per_image else (o, m * oh * ow))
         for s01, cols in zip(steps, parallel_rows(unit, n1 - n0, 0, parts=steps), strict=True):
             if cols is not None:
                 saved[s01] = cols
@@ -186,7 +230,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: P
 
 
 def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray, bias: bool,
-                    need_input_grad: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+                    need_input_grad: bool, ws: Any = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """:meth:`~nnxp.backends.base.Backend.conv2d_backward` on NumPy.
 
     In the forward's steps, shared out among the threads: each step transposes its rows of
@@ -194,18 +238,22 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
     share of the weight and bias gradients from it and folds its column gradients straight
     into its rows of the ``(N, C, H, W)`` input gradient. The shares are summed in step
     order, whichever thread ran them: the result does not depend on the thread count.
+    With ``ws`` the arrays come from the workspace, like the forward's.
     """
     xpt, geo, per_image = ctx["xpt"], ctx["geo"], ctx["per_image"]
     n, c, o, (oh, ow), (h, w), (kh, kw) = geo["n"], geo["c"], geo["o"], geo["out_hw"], geo["in_hw"], geo["kernel"]
+    (hp, wp), dt = geo["pad_hw"], grad_y.dtype
     k = kh * kw * c
     w2t = win.weight_matrix(np, weight, transposed=True) if need_input_grad else None
-    gx = np.empty((n, c, h, w), dtype=grad_y.dtype) if need_input_grad else None
+    gx = _new(ws, "gx", (n, c, h, w), dt) if need_input_grad else None
     kept = ctx["cols"] or {}
+    two_d = kh > 1 and kw > 1  # unfold and fold shift in two passes (their scratch arrays)
+    bufs: dict[str, dict[tuple[int, int], np.ndarray]] = {}
 
     def unit(s0: int, s1: int) -> tuple[np.ndarray, np.ndarray | None]:
         cols = kept.get((s0, s1))
         if cols is None:
-            cols = unfold(xpt, s0, s1, geo)
+            cols = unfold(xpt, s0, s1, geo, bufs["cols"][s0, s1], bufs["shifted"][s0, s1])
         m = s1 - s0
         if per_image:  # the output gradient stays (m, O, P); the products go image by image
             g3 = grad_y[s0:s1].reshape(m, o, oh * ow)
@@ -213,21 +261,29 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
                                             g3.transpose(0, 2, 1)), axis=0)
             sums = np.add.reduce(g3, axis=(0, 2)) if bias else None
             # (m, K, P) column gradients, viewed as (kh, kw, C, m, OH, OW) for the fold
-            dcols = (np.matmul(w2t, g3).reshape(m, kh, kw, c, oh, ow).transpose(1, 2, 3, 0, 4, 5)
-                     if need_input_grad else None)
+            dcols = (np.matmul(w2t, g3, out=bufs["dcols"][s0, s1].reshape(m, k, oh * ow))
+                     .reshape(m, kh, kw, c, oh, ow).transpose(1, 2, 3, 0, 4, 5) if need_input_grad else None)
         else:
-            g2 = np.empty((o, m, oh, ow), dtype=grad_y.dtype)
+            g2 = bufs["g2"][s0, s1]
             g2[...] = grad_y[s0:s1].transpose(1, 0, 2, 3)
             g2 = g2.reshape(o, m * oh * ow)
             share = cols @ g2.T
             sums = np.add.reduce(g2, axis=1) if bias else None
-            dcols = w2t @ g2 if need_input_grad else None
+            dcols = np.matmul(w2t, g2, out=bufs["dcols"][s0, s1].reshape(k, -1)) if need_input_grad else None
         if dcols is not None:
-            fold_into(gx[s0:s1], dcols, geo)
+            fold_into(gx[s0:s1], dcols, geo, bufs["gpad"][s0, s1], bufs["acc"][s0, s1])
         return share, sums
 
     dw2t, gb = None, None
     for steps in ctx["steps"]:
+        if not ctx["cols"]:
+            bufs["cols"] = _step_views(ws, "cols", dt, steps, lambda m: (kh * kw, c, m, oh, ow))
+            bufs["shifted"] = _step_views(ws, "shifted", dt, steps, lambda m: (c, m, hp, ow) if two_d else (0,))
+        bufs["g2"] = _step_views(ws, "g2", dt, steps, lambda m: (0,) if per_image else (o, m, oh, ow))
+        bufs["dcols"] = _step_views(ws, "dcols", dt, steps, lambda m: (k * m * oh * ow * need_input_grad,))
+        bufs["gpad"] = _step_views(ws, "gpad", dt, steps, lambda m: (c, m, hp, wp) if need_input_grad else (0,))
+        bufs["acc"] = _step_views(ws, "acc", dt, steps,
+                                  lambda m: (c, m, hp, ow) if need_input_grad and two_d else (0,))
         for dw, db in parallel_rows(unit, 0, 0, parts=steps):  # summed in step order, whoever ran them
             dw2t = dw if dw2t is None else np.add(dw2t, dw, out=dw2t)
             if bias:
@@ -235,6 +291,210 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
     ctx["cols"] = None
     gw = dw2t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
     return gw, gb, gx
+
+
+# ------------------------------------------------------------------ convolution + max pooling
+def zeros(n: int, dtype: Any) -> np.ndarray:
+    """``n`` zeros of ``dtype``: a read-only view of one buffer per dtype, grown as needed.
+
+    An operand for ``maximum(x, 0)``: NumPy (2.x) runs ``maximum`` in SIMD only when both
+    operands are contiguous arrays; against the scalar 0 it took about 4x as long (0.33 vs
+    0.08 ms on 401,408 float32 values).
+    """
+    dtype = np.dtype(dtype)
+    buf = _ZEROS.get(dtype)
+    if buf is None or buf.size < n:
+        buf = np.zeros(n, dtype=dtype)
+        buf.flags.writeable = False
+        _ZEROS[dtype] = buf
+    return buf[:n]
+
+
+_ZEROS: dict[np.dtype, np.ndarray] = {}
+
+
+def _step_views(ws: Any, name: str, dtype: Any, steps: Sequence[tuple[int, int]],
+                shape: Callable[[int], tuple[int, ...]]) -> dict[tuple[int, int], np.ndarray]:
+    """One array of ``shape(rows)`` per step, all views of one flat buffer (the workspace's
+    ``name`` scratch when ``ws`` is given, reused from one training step to the next).
+
+    Each step allocating its own arrays cost more than the work: blocks of a few MB come
+    from fresh ``mmap`` pages, and the page faults (5,300 per batch of the benchmark's
+    first convolution) took longer than the kernel itself.
+    """
+    sizes = [math.prod(shape(s1 - s0)) for s0, s1 in steps]
+    total = sum(sizes)
+    flat = ws.scratch(name, (total,), dtype) if ws is not None else np.empty(total, dtype=dtype)
+    out, pos = {}, 0
+    for (s0, s1), size in zip(steps, sizes, strict=True):
+        out[s0, s1] = flat[pos:pos + size].reshape(shape(s1 - s0))
+        pos += size
+    return out
+
+
+def _phase_cols(part: np.ndarray, kernel: Pair, pool: Pair, q_hw: Pair, phases: np.ndarray,
+                cols: np.ndarray) -> np.ndarray:
+    """Unfolded columns of ``part``, images of the padded ``(C, m, Hp, Wp)`` input, for a
+    stride-1 convolution whose outputs feed non-overlapping ``pool`` windows, into ``cols``
+    ``(kh, kw, C, pa, pb, m*QH*QW)`` (``phases``: scratch of ``(pa+kh-1, pb+kw-1, C, m, QH, QW)``).
+
+    Rows are ordered like :func:`unfold`'s (kernel row, kernel column, channel); columns
+    (window row offset, window column offset, image, pooled row, pooled column), so the
+    product gives the outputs at each window offset as one contiguous block and pooling
+    needs no strided access. Output ``(pa*i + di, pb*j + dj)`` reads input
+    ``(pa*i + di + ki, pb*j + dj + kj)``, so only the ``(pa+kh-1) x (pb+kw-1)`` strided
+    *phases* ``part[..., a::pa, b::pb]`` are copied with strides; each column block is then
+    one contiguous copy of a phase.
+    """
+    (kh, kw), (pa, pb), (qh, qw) = kernel, pool, q_hw
+    for a in range(pa + kh - 1):
+        for b in range(pb + kw - 1):
+            phases[a, b] = part[:, :, a:a + pa * qh:pa, b:b + pb * qw:pb]
+    ph = phases.reshape(*phases.shape[:3], -1)
+    for ki in range(kh):
+        for kj in range(kw):
+            for di in range(pa):
+                for dj in range(pb):
+                    cols[ki, kj, :, di, dj] = ph[di + ki, dj + kj]
+    return cols.reshape(kh * kw * part.shape[0], -1)
+
+
+def _phase_fold_into(gx: np.ndarray, dcols: np.ndarray, kernel: Pair, pool: Pair, q_hw: Pair,
+                     padding: Pair, gph: np.ndarray, gpad: np.ndarray) -> None:
+    """The input gradient ``(m, C, H, W)`` of :func:`_phase_cols`'s column gradients ``dcols`` into
+    ``gx``: the blocks summed per phase into ``gph`` (contiguous), each phase added into its
+    strided slice of ``gpad`` (the padded gradient, ``(C, m, Hp, Wp)``), which is cropped and
+    transposed into ``gx``."""
+    (kh, kw), (pa, pb), (qh, qw) = kernel, pool, q_hw
+    m, c, h, w = gx.shape
+    d = dcols.reshape(kh, kw, c, pa, pb, m * qh * qw)
+    first = np.ones(gph.shape[:2], dtype=np.bool_)
+    for ki in range(kh):
+        for kj in range(kw):
+            for di in range(pa):
+                for dj in range(pb):
+                    a, b = di + ki, dj + kj
+                    if first[a, b]:
+                        gph[a, b] = d[ki, kj, :, di, dj]
+                        first[a, b] = False
+                    else:
+                        gph[a, b] += d[ki, kj, :, di, dj]
+    gpad[...] = 0
+    for a in range(pa + kh - 1):
+        for b in range(pb + kw - 1):
+            gpad[:, :, a:a + pa * qh:pa, b:b + pb * qw:pb] += gph[a, b].reshape(c, m, qh, qw)
+    gx[...] = win.crop2(gpad, padding, (h, w)).transpose(1, 0, 2, 3)
+
+
+def conv2d_maxpool(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, padding: Pair, pool: Pair,
+                   relu: bool, keep: bool, ws: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """:meth:`~nnxp.backends.base.Backend.conv2d_maxpool` on NumPy.
+
+    The columns come in window-offset blocks (:func:`_phase_cols`), so the product holds
+    the convolution's outputs as one ``(O, L)`` block per window offset: the bias is added
+    to them and the maximum taken over the blocks with contiguous passes, and only the
+    pooled output is transposed to ``(N, O, QH, QW)``. Outputs no window covers (odd
+    sizes) are not computed. Worked in cache-sized steps shared out among the threads,
+    like :func:`conv2d`; the arrays come from ``ws`` when given.
+    """
+    geo = win.conv_geometry(x, weight, (1, 1), padding, (1, 1))
+    n, c, o, (oh, ow), kernel = geo["n"], geo["c"], geo["o"], geo["out_hw"], geo["kernel"]
+    (pa, pb), (kh, kw) = pool, kernel
+    qh, qw = q_hw = (oh // pa, ow // pb)
+    slots, dt = pa * pb, x.dtype
+
+    y = _new(ws, "y", (n, o, qh, qw), dt)
+    mask = _new(ws, "mask", y.shape, np.bool_) if relu and keep else None
+    xpt = _new(ws, "xpt", (c, n, *geo["pad_hw"]), dt)
+    w2 = win.weight_matrix(np, weight)
+    b3 = None if bias is None else bias.reshape(o, 1, 1)
+    per_image = (kh * kw * c + o) * slots * qh * qw * dt.itemsize
+    steps = _steps(0, n, max(1, FUSED_STEP_BYTES // max(1, per_image)))
+    phases = _step_views(ws, "phases", dt, steps, lambda m: (pa + kh - 1, pb + kw - 1, c, m, qh, qw))
+    colss = _step_views(ws, "cols", dt, steps, lambda m: (kh, kw, c, pa, pb, m * qh * qw))
+    blockss = _step_views(ws, "blocks", dt, steps, lambda m: (o, slots, m * qh * qw))
+    bests = _step_views(ws, "best", dt, steps, lambda m: (o, m * qh * qw))
+
+    def unit(s0: int, s1: int) -> None:
+        m = s1 - s0
+        _pad_transposed_into(xpt, x, padding, s0, s1)
+        cols = _phase_cols(xpt[:, s0:s1], kernel, pool, q_hw, phases[s0, s1], colss[s0, s1])
+        blocks, best = blockss[s0, s1], bests[s0, s1]
+        np.matmul(w2, cols, out=blocks.reshape(o, -1))
+        if b3 is not None:
+            np.add(blocks, b3, out=blocks)
+        if slots == 1:
+            best[...] = blocks[:, 0]
+        else:
+            np.maximum(blocks[:, 0], blocks[:, 1], out=best)
+        for k in range(2, slots):
+            np.maximum(best, blocks[:, k], out=best)
+        ys = y[s0:s1]
+        ys[...] = best.reshape(o, m, qh, qw).transpose(1, 0, 2, 3)
+        if relu:
+            yf = ys.reshape(-1)
+            if mask is not None:
+                np.greater(yf, 0, out=mask[s0:s1].reshape(-1))
+            np.maximum(yf, zeros(yf.size, dt), out=yf)
+
+    parallel_rows(unit, n, 0, parts=steps)
+    ctx = {"geo": geo, "pool": pool, "q_hw": q_hw, "steps": steps, "mask": mask,
+           "kept": {k: (colss[k], blockss[k], bests[k]) for k in steps} if keep else None}
+    return y, ctx
+
+
+def conv2d_maxpool_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray, bias: bool,
+                            need_input_grad: bool, ws: Any = None
+                            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """:meth:`~nnxp.backends.base.Backend.conv2d_maxpool_backward` on NumPy: in the forward's
+    steps, the pooled gradient (masked by the ReLU) is routed to each window's first maximum
+    block by block (:func:`_route`, contiguous), then goes through the products and the
+    phase fold. The weight and bias shares are summed in step order."""
+    if ctx["kept"] is None:
+        raise RuntimeError("conv2d_maxpool_backward needs the context of a forward pass run with keep=True")
+    geo, pool, q_hw, mask, steps = ctx["geo"], ctx["pool"], ctx["q_hw"], ctx["mask"], ctx["steps"]
+    n, c, o, (kh, kw), (h, w) = geo["n"], geo["c"], geo["o"], geo["kernel"], geo["in_hw"]
+    (pa, pb), (qh, qw), dt = pool, q_hw, grad_y.dtype
+    slots = pa * pb
+    w2t = win.weight_matrix(np, weight, transposed=True) if need_input_grad else None
+    gx = _new(ws, "gx", (n, c, h, w), dt) if need_input_grad else None
+    gts = _step_views(ws, "gt", dt, steps, lambda m: (o, m, qh, qw))
+    gblockss = _step_views(ws, "gblocks", dt, steps, lambda m: (o, slots, m * qh * qw))
+    flags = _step_views(ws, "flags", np.bool_, steps, lambda m: (2, o, m * qh * qw))
+    if need_input_grad:
+        dcolss = _step_views(ws, "dcols", dt, steps, lambda m: (kh * kw * c, slots * m * qh * qw))
+        gphs = _step_views(ws, "gph", dt, steps, lambda m: (pa + kh - 1, pb + kw - 1, c, m * qh * qw))
+        gpads = _step_views(ws, "gpad", dt, steps, lambda m: (c, m, *geo["pad_hw"]))
+
+    def unit(s0: int, s1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        cols, blocks, best = ctx["kept"][s0, s1]
+        gt = gts[s0, s1]
+        src = grad_y[s0:s1].transpose(1, 0, 2, 3)
+        if mask is None:
+            gt[...] = src
+        else:
+            np.multiply(src, mask[s0:s1].transpose(1, 0, 2, 3), out=gt)
+        gt = gt.reshape(o, -1)
+        gblocks = gblockss[s0, s1]
+        hit, taken = flags[s0, s1]
+        _route([blocks[:, k] for k in range(slots)], best, gt, [gblocks[:, k] for k in range(slots)], False,
+               hit, taken)
+        g2 = gblocks.reshape(o, -1)
+        share = cols.reshape(kh * kw * c, -1) @ g2.T
+        sums = np.add.reduce(gt, axis=1) if bias else None
+        if need_input_grad:
+            dcols = np.matmul(w2t, g2, out=dcolss[s0, s1])
+            _phase_fold_into(gx[s0:s1], dcols, (kh, kw), pool, q_hw, geo["padding"], gphs[s0, s1],
+                             gpads[s0, s1])
+        return share, sums
+
+    dw2t, gb = None, None
+    for dw, db in parallel_rows(unit, 0, 0, parts=steps):  # summed in step order, whoever ran them
+        dw2t = dw if dw2t is None else np.add(dw2t, dw, out=dw2t)
+        if bias:
+            gb = db if gb is None else np.add(gb, db, out=gb)
+    ctx["kept"] = None
+    return dw2t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1), gb, gx
 
 
 # ------------------------------------------------------------------ pooling
@@ -284,17 +544,24 @@ def max_pool2d_backward(ctx: dict[str, Any], g: np.ndarray) -> np.ndarray:
 
 def _max_route(xpad: np.ndarray, best: np.ndarray, g: np.ndarray, sl: Sequence[tuple[slice, slice]],
                apart: bool, gpad: np.ndarray) -> None:
-    hit = np.empty_like(best, dtype=np.bool_)
-    taken = np.empty_like(best, dtype=np.bool_)
+    _route([xpad[:, :, si, sj] for si, sj in sl], best, g, [gpad[:, :, si, sj] for si, sj in sl], not apart)
+
+
+def _route(cands: Sequence[np.ndarray], best: np.ndarray, g: np.ndarray, outs: Sequence[np.ndarray],
+           add: bool, hit: np.ndarray | None = None, taken: np.ndarray | None = None) -> None:
+    """``g`` into ``outs[k]`` where ``cands[k]`` holds its window's first maximum ``best``, zero
+    elsewhere (``add``: ``+=`` into ``outs``, for windows that overlap). A NaN counts as the
+    maximum (``best`` is NaN there). ``hit``, ``taken``: boolean scratch shaped like ``best``."""
+    hit = np.empty_like(best, dtype=np.bool_) if hit is None else hit
+    taken = np.empty_like(best, dtype=np.bool_) if taken is None else taken
     has_nan = bool(np.isnan(best).any())
-    last = len(sl) - 1
-    for k, (si, sj) in enumerate(sl):
+    last = len(cands) - 1
+    for k, (v, out) in enumerate(zip(cands, outs, strict=True)):
         if k == last == 0:  # a 1x1 window: its only pixel is the maximum
             hit[...] = True
         elif k == last:
             np.logical_not(taken, out=hit)
         else:
-            v = xpad[:, :, si, sj]
             np.equal(v, best, out=hit)
             if has_nan:
                 hit |= np.isnan(v)
@@ -303,10 +570,10 @@ def _max_route(xpad: np.ndarray, best: np.ndarray, g: np.ndarray, sl: Sequence[t
             else:
                 np.greater(hit, taken, out=hit)  # hit and not taken
                 taken |= hit
-        if apart:
-            np.multiply(g, hit, out=gpad[:, :, si, sj])
+        if add:
+            out += g * hit
         else:
-            gpad[:, :, si, sj] += g * hit
+            np.multiply(g, hit, out=out)
 
 
 def avg_pool2d(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair,

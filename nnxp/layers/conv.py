@@ -122,6 +122,9 @@ class Conv2D(Layer):
     def backward(self, grad_y: Array) -> Array:
         if not self._cache:
             raise RuntimeError(f"{self!r}.backward() called before forward()")
+        if "ctx" not in self._cache:
+            raise RuntimeError(f"{self!r}.backward(): its last forward pass ran fused with the MaxPool2D after it "
+                               "(a Sequential's run plan); call the Sequential's backward instead.")
         want = self._cache["out_shape"]
         if tuple(grad_y.shape) != want:
             raise ValueError(f"{self!r}.backward expects a gradient of shape {want} "
