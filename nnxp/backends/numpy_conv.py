@@ -107,11 +107,57 @@ def fold_into(gx: np.ndarray, dcols: np.ndarray, geo: dict[str, Any], gpad: np.n
               acc: np.ndarray | None = None) -> None:
     """:func:`nnxp.backends.windows.fold`, cropped and transposed back to ``(nb, C, H, W)`` into
     ``gx`` (:func:`_fold_part`). ``dcols`` is ``(kh*kw*C, nb*OH*OW)`` or a
-    ``(kh, kw, C, nb, OH, OW)`` view; ``gpad``, ``acc``: scratch for :func:`_fold_part`."""
+    ``(kh, kw, C, nb, OH, OW)`` view; ``gpad``, ``acc``: scratch for :func:`_fold_part`. For a
+    'same' convolution the sums run in ``dcols`` itself (:func:`_fold_same`), which is then lost."""
     (kh, kw), (oh, ow), c, nb = geo["kernel"], geo["out_hw"], geo["c"], gx.shape[0]
     d = dcols.reshape(kh, kw, c, nb, oh, ow)
+    if (_same_size(geo) and dcols.flags.c_contiguous and dcols.flags.writeable
+            and (kh, kw) != (1, 1)):
+        gx[...] = _fold_same(d, geo["padding"]).transpose(1, 0, 2, 3)
+        return
     gpad = d[0, 0] if kh * kw == 1 and geo["pad_hw"] == (oh, ow) else _fold_part(d, geo, gpad, acc)
     gx[...] = win.crop2(gpad, geo["padding"], geo["in_hw"]).transpose(1, 0, 2, 3)
+
+
+def _same_size(geo: dict[str, Any]) -> bool:
+    """Stride 1, no dilation and an output the size of the input ('same' padding)."""
+    return geo["stride"] == (1, 1) and geo["dilation"] == (1, 1) and geo["out_hw"] == geo["in_hw"]
+
+
+def _fold_same(d: np.ndarray, padding: Pair) -> np.ndarray:
+    """The input gradient ``(C, m, H, W)`` of column gradients ``d`` ``(kh, kw, C, m, H, W)`` of a
+    'same' convolution (:func:`_same_size`), summed in place in ``d`` (which it overwrites).
+
+    Offset ``(i, j)`` moves its block by ``(i - ph, j - pw)``: a row move is a shift of the
+    flattened ``(m*H*W)`` images by whole rows, a column move a shift by elements. So every
+    sum is one ``+=`` of two long contiguous runs per channel; the rows (or columns) that
+    would wrap into the next image (or row) are the ones that fall into the padding, and
+    are zeroed first. (Slices of the ``(H, W)`` grid instead move rows ``W`` long, and the
+    per-row cost made the fold about 1.4x slower.)
+    """
+    kh, kw, c, m, h, w = d.shape
+    (ph, pw), n = padding, m * h * w
+    flat = d.reshape(kh, kw, c, n)
+    for j in range(kw):  # rows first: block (ph, j) collects its column's blocks
+        acc = flat[ph, j]
+        for i in range(kh):
+            s = i - ph
+            if s > 0:  # gradient row t + s gets block row t; the last s rows fall off
+                d[i, j][:, :, h - s:, :] = 0
+                acc[:, s * w:] += flat[i, j][:, :n - s * w]
+            elif s < 0:
+                d[i, j][:, :, :-s, :] = 0
+                acc[:, :n + s * w] += flat[i, j][:, -s * w:]
+    acc = flat[ph, pw]
+    for j in range(kw):  # then the columns into block (ph, pw)
+        s = j - pw
+        if s > 0:
+            d[ph, j][..., w - s:] = 0
+            acc[:, s:] += flat[ph, j][:, :n - s]
+        elif s < 0:
+            d[ph, j][..., :-s] = 0
+            acc[:, :n + s] += flat[ph, j][:, -s:]
+    return d[ph, pw]
 
 
 #: bytes of unfolded columns one step of a part works on: the columns, the product's output and
