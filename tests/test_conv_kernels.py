@@ -166,14 +166,17 @@ CONV_POOL = {
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
 @pytest.mark.parametrize("mode", ["whole", "split", "workspace", "nan"])
-def test_conv2d_maxpool_matches_portable(name: str, case: tuple, dtype: str, relu: bool, mode: str,
+@pytest.mark.parametrize("layout", ["phase", "cols"])
+def test_conv2d_maxpool_matches_portable(name: str, case: tuple, dtype: str, relu: bool, mode: str, layout: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The fused convolution + max pooling (+ ReLU) against the portable kernels one after the
     other: exactly equal, ties included (integer inputs and weights: every sum is exact, so
     both pick the same first maximum); ``nan``: a NaN input wins its windows and takes the
-    gradient; ``workspace``: two runs through one workspace, the second checked."""
+    gradient; ``workspace``: two runs through one workspace, the second checked; ``layout``:
+    NumPy's columns in window-offset blocks or as for ``conv2d``."""
     shape, o, kernel, padding, pool = case
     b = resolve_backend(name)
+    monkeypatch.setattr(numpy_conv, "PHASE_MAX_K", 10**9 if layout == "phase" else 0)
     host = np.round(2 * _host(shape, 0))
     if mode == "nan":
         host[1, 0, shape[2] // 2, shape[3] // 2] = np.nan
@@ -214,12 +217,13 @@ def test_conv2d_maxpool_backward_needs_a_training_forward() -> None:
         b.conv2d_maxpool_backward(ctx, np.ones((1, 2, 2, 2)), w, False, True)
 
 
-def test_numpy_fuses_small_first_convolutions_only() -> None:
+def test_numpy_fuses_and_the_portable_twin_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
     b = resolve_backend("numpy")
-    assert b.fuses_conv2d_maxpool(1, (3, 3)) and b.fuses_conv2d_maxpool(3, (3, 3))
-    assert not b.fuses_conv2d_maxpool(32, (3, 3))
+    assert b.fuses_conv2d_maxpool(1, (3, 3)) and b.fuses_conv2d_maxpool(32, (3, 3))
     assert not b.portable().fuses_conv2d_maxpool(1, (3, 3))
-    assert numpy_conv.FUSE_MAX_K >= 27
+    assert numpy_conv.PHASE_MAX_K >= 27  # RGB 3x3 first layers take the window-offset layout
+    monkeypatch.setattr(numpy_conv, "FUSE", False)
+    assert not b.fuses_conv2d_maxpool(1, (3, 3))
 
 
 @pytest.mark.parametrize("name", NAMES)

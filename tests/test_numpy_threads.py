@@ -191,7 +191,7 @@ def test_relu_runs_after_the_max_pool_it_precedes_with_the_same_results(monkeypa
     """pool(relu(x)) == relu(pool(x)) and both route the gradient to the same pixel: the model's
     outputs and gradients equal those of the layers run in the order given (the fused
     convolution-pooling step is tested in tests/test_fused.py)."""
-    monkeypatch.setattr(numpy_conv, "FUSE_MAX_K", 0)
+    monkeypatch.setattr(numpy_conv, "FUSE", False)
     net = _cnn()
     kinds = [type(layer).__name__ for layer in net._plan()]
     assert kinds == ["Conv2D", "MaxPool2D", "ReLU", "Conv2D", "MaxPool2D", "ReLU", "Flatten", "Dense"]

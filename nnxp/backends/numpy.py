@@ -322,10 +322,10 @@ class NumpyBackend(Backend):
         return numpy_conv.conv2d_backward(ctx, grad_y, weight, bias, need_input_grad, ws)
 
     def fuses_conv2d_maxpool(self, in_channels: int, kernel: tuple[int, int]) -> bool:
-        """For convolutions with at most :data:`~.numpy_conv.FUSE_MAX_K` products per output
-        (``kh*kw*C``: a first layer on grey or RGB images), where pooling and the output
-        layout cost more than the products."""
-        return kernel[0] * kernel[1] * in_channels <= numpy_conv.FUSE_MAX_K
+        """Yes (unless :data:`~.numpy_conv.FUSE` is off): pooling a step's product while it is in
+        the cache saves the convolution's output and the pooling's strided passes over it."""
+        return numpy_conv.FUSE and (kernel[0] * kernel[1] * in_channels <= numpy_conv.PHASE_MAX_K
+                                    or numpy_conv.FUSE_COLS)
 
     def conv2d_maxpool(self, x: Any, weight: Any, bias: Any | None, padding: tuple[int, int],
                        pool: tuple[int, int], relu: bool, chunk: int, keep: bool = True,

@@ -175,12 +175,21 @@ STEP_BYTES = 1 << 20
 PER_IMAGE_K = 32
 
 
-#: ``Sequential`` runs a convolution with at most this many products per output (``kh*kw*C``)
-#: together with the max pooling (and ReLU) after it as one kernel (:func:`conv2d_maxpool`); 0
-#: turns that off. For the benchmark's 1->32 3x3 convolution with 2x2 pooling, forward and
-#: backward took about half the time of the three kernels (one thread); for the 32->64 one
-#: (288 products) the phase columns cost more than the pooling saved.
-FUSE_MAX_K = 32
+#: ``Sequential`` runs a stride-1 convolution and the non-overlapping max pooling (and ReLU)
+#: after it as one kernel (:func:`conv2d_maxpool`); ``False`` turns that off.
+FUSE = True
+
+#: :func:`conv2d_maxpool` puts the columns of a convolution with at most this many products per
+#: output (``kh*kw*C``) in window-offset blocks (:func:`_phase_cols`). For the benchmark's 1->32
+#: 3x3 convolution with 2x2 pooling, forward and backward took about half the time of the three
+#: kernels (one thread); for the 32->64 one (288 products) the phase columns cost more than the
+#: contiguous pooling saved.
+PHASE_MAX_K = 32
+
+#: fuse larger convolutions too (their columns as for :func:`conv2d`, the pooling over strided
+#: views of the product while it is in the cache): B/A 0.985 in the benchmark's model, within
+#: the noise, and the convolution's full-size output is never written.
+FUSE_COLS = True
 
 #: bytes of columns and product per step of :func:`conv2d_maxpool` (the product is ``O/(kh*kw*C)``
 #: times the columns there, so a step holds more images than :data:`STEP_BYTES` would give).
@@ -432,60 +441,86 @@ def _phase_fold_into(gx: np.ndarray, dcols: np.ndarray, kernel: Pair, pool: Pair
     gx[...] = win.crop2(gpad, padding, (h, w)).transpose(1, 0, 2, 3)
 
 
+def _pool_views(a: np.ndarray, pool: Pair, q_hw: Pair) -> list[np.ndarray]:
+    """The ``(.., QH, QW)`` strided views of ``a`` ``(.., OH, OW)`` at each offset of non-overlapping
+    ``pool`` windows, row-major (the order the first maximum is looked for in)."""
+    (pa, pb), (qh, qw) = pool, q_hw
+    return [a[..., di:di + pa * qh:pa, dj:dj + pb * qw:pb] for di in range(pa) for dj in range(pb)]
+
+
 def conv2d_maxpool(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, padding: Pair, pool: Pair,
                    relu: bool, keep: bool, ws: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
     """:meth:`~nnxp.backends.base.Backend.conv2d_maxpool` on NumPy.
 
-    The columns come in window-offset blocks (:func:`_phase_cols`), so the product holds
-    the convolution's outputs as one ``(O, L)`` block per window offset: the bias is added
-    to them and the maximum taken over the blocks with contiguous passes, and only the
-    pooled output is transposed to ``(N, O, QH, QW)``. Outputs no window covers (odd
-    sizes) are not computed. Worked in cache-sized steps shared out among the threads,
-    like :func:`conv2d`; the arrays come from ``ws`` when given.
+    Worked in cache-sized steps shared out among the threads, like :func:`conv2d`; a step
+    pools its product while it is in the cache and writes only the pooled output (the
+    ``(N, O, OH, OW)`` convolution output is never made). Two layouts of the product:
+
+    * at most :data:`PHASE_MAX_K` products per output: columns in window-offset blocks
+      (:func:`_phase_cols`), so the product holds one ``(O, L)`` block per window offset
+      and the bias, the maximum and (backward) the routing are contiguous passes; outputs
+      no window covers (odd sizes) are not computed;
+    * else the columns of :func:`unfold` and the maximum over strided views of the
+      ``(O, m, OH, OW)`` product.
+
+    The arrays come from ``ws`` when given.
     """
     geo = win.conv_geometry(x, weight, (1, 1), padding, (1, 1))
     n, c, o, (oh, ow), kernel = geo["n"], geo["c"], geo["o"], geo["out_hw"], geo["kernel"]
     (pa, pb), (kh, kw) = pool, kernel
     qh, qw = q_hw = (oh // pa, ow // pb)
-    slots, dt = pa * pb, x.dtype
+    slots, dt, k = pa * pb, x.dtype, kh * kw * c
+    phase = k <= PHASE_MAX_K
 
     y = _new(ws, "y", (n, o, qh, qw), dt)
     mask = _new(ws, "mask", y.shape, np.bool_) if relu and keep else None
     xpt = _new(ws, "xpt", (c, n, *geo["pad_hw"]), dt)
     w2 = win.weight_matrix(np, weight)
-    b3 = None if bias is None else bias.reshape(o, 1, 1)
-    per_image = (kh * kw * c + o) * slots * qh * qw * dt.itemsize
-    steps = _steps(0, n, max(1, FUSED_STEP_BYTES // max(1, per_image)))
-    phases = _step_views(ws, "phases", dt, steps, lambda m: (pa + kh - 1, pb + kw - 1, c, m, qh, qw))
-    colss = _step_views(ws, "cols", dt, steps, lambda m: (kh, kw, c, pa, pb, m * qh * qw))
-    blockss = _step_views(ws, "blocks", dt, steps, lambda m: (o, slots, m * qh * qw))
-    bests = _step_views(ws, "best", dt, steps, lambda m: (o, m * qh * qw))
+    if phase:
+        per_image = (k + o) * slots * qh * qw * dt.itemsize
+        steps = _steps(0, n, max(1, FUSED_STEP_BYTES // max(1, per_image)))
+        phases = _step_views(ws, "phases", dt, steps, lambda m: (pa + kh - 1, pb + kw - 1, c, m, qh, qw))
+        colss = _step_views(ws, "cols", dt, steps, lambda m: (kh, kw, c, pa, pb, m * qh * qw))
+        prods = _step_views(ws, "prod", dt, steps, lambda m: (o, slots, m * qh * qw))
+    else:
+        steps = _steps(0, n, _step_rows(geo, dt.itemsize, n))
+        shifted = _step_views(ws, "shifted", dt, steps, lambda m: (c, m, geo["pad_hw"][0], ow) if kh > 1 and kw > 1
+                              else (0,))
+        colss = _step_views(ws, "cols", dt, steps, lambda m: (kh * kw, c, m, oh, ow))
+        prods = _step_views(ws, "prod", dt, steps, lambda m: (o, m, oh, ow))
+    bests = _step_views(ws, "best", dt, steps, lambda m: (o, m, qh, qw))
 
-    def unit(s0: int, s1: int) -> None:
+    def unit(s0: int, s1: int) -> np.ndarray:
         m = s1 - s0
         _pad_transposed_into(xpt, x, padding, s0, s1)
-        cols = _phase_cols(xpt[:, s0:s1], kernel, pool, q_hw, phases[s0, s1], colss[s0, s1])
-        blocks, best = blockss[s0, s1], bests[s0, s1]
-        np.matmul(w2, cols, out=blocks.reshape(o, -1))
-        if b3 is not None:
-            np.add(blocks, b3, out=blocks)
-        if slots == 1:
-            best[...] = blocks[:, 0]
+        prod, best = prods[s0, s1], bests[s0, s1]
+        if phase:
+            cols = _phase_cols(xpt[:, s0:s1], kernel, pool, q_hw, phases[s0, s1], colss[s0, s1])
+            cands = [prod[:, i].reshape(o, m, qh, qw) for i in range(slots)]
         else:
-            np.maximum(blocks[:, 0], blocks[:, 1], out=best)
-        for k in range(2, slots):
-            np.maximum(best, blocks[:, k], out=best)
+            cols = unfold(xpt, s0, s1, geo, colss[s0, s1], shifted[s0, s1])
+            cands = _pool_views(prod, pool, q_hw)
+        np.matmul(w2, cols, out=prod.reshape(o, -1))
+        if bias is not None:
+            np.add(prod, bias.reshape(o, *[1] * (prod.ndim - 1)), out=prod)
+        if slots == 1:
+            best[...] = cands[0]
+        else:
+            np.maximum(cands[0], cands[1], out=best)
+        for cand in cands[2:]:
+            np.maximum(best, cand, out=best)
         ys = y[s0:s1]
-        ys[...] = best.reshape(o, m, qh, qw).transpose(1, 0, 2, 3)
+        ys[...] = best.transpose(1, 0, 2, 3)
         if relu:
             yf = ys.reshape(-1)
             if mask is not None:
                 np.greater(yf, 0, out=mask[s0:s1].reshape(-1))
             np.maximum(yf, zeros(yf.size, dt), out=yf)
+        return cols  # a view of xpt for a 1x1 kernel, else the step's buffer
 
-    parallel_rows(unit, n, 0, parts=steps)
-    ctx = {"geo": geo, "pool": pool, "q_hw": q_hw, "steps": steps, "mask": mask,
-           "kept": {k: (colss[k], blockss[k], bests[k]) for k in steps} if keep else None}
+    colsk = parallel_rows(unit, n, 0, parts=steps)
+    ctx = {"geo": geo, "pool": pool, "q_hw": q_hw, "steps": steps, "mask": mask, "phase": phase,
+           "kept": {s: (cols, prods[s], bests[s]) for s, cols in zip(steps, colsk, strict=True)} if keep else None}
     return y, ctx
 
 
@@ -494,44 +529,58 @@ def conv2d_maxpool_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.
                             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """:meth:`~nnxp.backends.base.Backend.conv2d_maxpool_backward` on NumPy: in the forward's
     steps, the pooled gradient (masked by the ReLU) is routed to each window's first maximum
-    block by block (:func:`_route`, contiguous), then goes through the products and the
-    phase fold. The weight and bias shares are summed in step order."""
+    in the product's layout (:func:`_route`), then goes through the products and the fold
+    (:func:`_phase_fold_into` or :func:`fold_into`). The weight and bias shares are summed in
+    step order."""
     if ctx["kept"] is None:
         raise RuntimeError("conv2d_maxpool_backward needs the context of a forward pass run with keep=True")
-    geo, pool, q_hw, mask, steps = ctx["geo"], ctx["pool"], ctx["q_hw"], ctx["mask"], ctx["steps"]
-    n, c, o, (kh, kw), (h, w) = geo["n"], geo["c"], geo["o"], geo["kernel"], geo["in_hw"]
+    geo, pool, q_hw, mask, steps, phase = (ctx[key] for key in ("geo", "pool", "q_hw", "mask", "steps", "phase"))
+    n, c, o, (kh, kw), (h, w), (oh, ow) = geo["n"], geo["c"], geo["o"], geo["kernel"], geo["in_hw"], geo["out_hw"]
     (pa, pb), (qh, qw), dt = pool, q_hw, grad_y.dtype
-    slots = pa * pb
+    slots, k = pa * pb, kh * kw * c
+    tiled = phase or (oh % pa == 0 and ow % pb == 0)  # every position of the product gets a gradient
     w2t = win.weight_matrix(np, weight, transposed=True) if need_input_grad else None
     gx = _new(ws, "gx", (n, c, h, w), dt) if need_input_grad else None
     gts = _step_views(ws, "gt", dt, steps, lambda m: (o, m, qh, qw))
-    gblockss = _step_views(ws, "gblocks", dt, steps, lambda m: (o, slots, m * qh * qw))
-    flags = _step_views(ws, "flags", np.bool_, steps, lambda m: (2, o, m * qh * qw))
+    gprods = _step_views(ws, "gprod", dt, steps, lambda m: (o, slots, m * qh * qw) if phase else (o, m, oh, ow))
+    flags = _step_views(ws, "flags", np.bool_, steps, lambda m: (2, o, m, qh, qw))
     if need_input_grad:
-        dcolss = _step_views(ws, "dcols", dt, steps, lambda m: (kh * kw * c, slots * m * qh * qw))
-        gphs = _step_views(ws, "gph", dt, steps, lambda m: (pa + kh - 1, pb + kw - 1, c, m * qh * qw))
+        dcolss = _step_views(ws, "dcols", dt, steps, lambda m: (k, m * (slots * qh * qw if phase else oh * ow)))
+        if phase:
+            gphs = _step_views(ws, "gph", dt, steps, lambda m: (pa + kh - 1, pb + kw - 1, c, m * qh * qw))
         gpads = _step_views(ws, "gpad", dt, steps, lambda m: (c, m, *geo["pad_hw"]))
+        accs = _step_views(ws, "acc", dt, steps,
+                           lambda m: (c, m, geo["pad_hw"][0], ow) if not phase and kh > 1 and kw > 1 else (0,))
 
     def unit(s0: int, s1: int) -> tuple[np.ndarray, np.ndarray | None]:
-        cols, blocks, best = ctx["kept"][s0, s1]
+        cols, prod, best = ctx["kept"][s0, s1]
+        m = s1 - s0
         gt = gts[s0, s1]
         src = grad_y[s0:s1].transpose(1, 0, 2, 3)
         if mask is None:
             gt[...] = src
         else:
             np.multiply(src, mask[s0:s1].transpose(1, 0, 2, 3), out=gt)
-        gt = gt.reshape(o, -1)
-        gblocks = gblockss[s0, s1]
+        gprod = gprods[s0, s1]
+        if phase:
+            cands = [prod[:, i].reshape(o, m, qh, qw) for i in range(slots)]
+            outs = [gprod[:, i].reshape(o, m, qh, qw) for i in range(slots)]
+        else:
+            cands, outs = _pool_views(prod, pool, q_hw), _pool_views(gprod, pool, q_hw)
+            if not tiled:
+                gprod[...] = 0
         hit, taken = flags[s0, s1]
-        _route([blocks[:, k] for k in range(slots)], best, gt, [gblocks[:, k] for k in range(slots)], False,
-               hit, taken)
-        g2 = gblocks.reshape(o, -1)
-        share = cols.reshape(kh * kw * c, -1) @ g2.T
-        sums = np.add.reduce(gt, axis=1) if bias else None
+        _route(cands, best, gt, outs, False, hit, taken)
+        g2 = gprod.reshape(o, -1)
+        share = cols.reshape(k, -1) @ g2.T
+        sums = np.add.reduce(gt.reshape(o, -1), axis=1) if bias else None
         if need_input_grad:
             dcols = np.matmul(w2t, g2, out=dcolss[s0, s1])
-            _phase_fold_into(gx[s0:s1], dcols, (kh, kw), pool, q_hw, geo["padding"], gphs[s0, s1],
-                             gpads[s0, s1])
+            if phase:
+                _phase_fold_into(gx[s0:s1], dcols, (kh, kw), pool, q_hw, geo["padding"], gphs[s0, s1],
+                                 gpads[s0, s1])
+            else:
+                fold_into(gx[s0:s1], dcols, geo, gpads[s0, s1], accs[s0, s1])
         return share, sums
 
     dw2t, gb = None, None
