@@ -161,10 +161,12 @@ def _fold_same(d: np.ndarray, padding: Pair) -> np.ndarray:
 
 
 #: bytes of unfolded columns one step of a part works on: the columns, the product's output and
-#: the folded gradient then stay in a core's cache (1 MiB of L2 on the machines measured) between
-#: the passes. A 64-image batch of the benchmark's 32->64 3x3 convolution in steps of 8 images
-#: ran forward and backward in 0.77x the time of one 14.5 MB step (one thread, interleaved runs).
-STEP_BYTES = 1 << 20
+#: the folded gradient then stay in the cache between the passes, and a thread that finishes
+#: early takes the next step. With every array reused from the workspace (no page faults), the
+#: benchmark's model ran in B/A 0.853 with 2 MiB steps against 1 MiB, 0.969 with 4 MiB against
+#: 2 MiB and 0.984 with 8 MiB against 4 MiB (fewer, larger NumPy calls); 4 MiB still gives a
+#: 64-image batch of its 32->64 convolution four steps to share.
+STEP_BYTES = 1 << 22
 
 
 #: a convolution with at most this many products per output (``kh*kw*C``, the column count) runs
@@ -180,15 +182,15 @@ PER_IMAGE_K = 32
 FUSE = True
 
 #: :func:`conv2d_maxpool` puts the columns of a convolution with at most this many products per
-#: output (``kh*kw*C``) in window-offset blocks (:func:`_phase_cols`). For the benchmark's 1->32
-#: 3x3 convolution with 2x2 pooling, forward and backward took about half the time of the three
-#: kernels (one thread); for the 32->64 one (288 products) the phase columns cost more than the
-#: contiguous pooling saved.
+#: output (``kh*kw*C``) in window-offset blocks (:func:`_phase_cols`). In the benchmark's model,
+#: the 1->32 3x3 convolution with 2x2 pooling ran B/A 1.101 without them (all else equal); the
+#: 32->64 one (288 products) ran B/A 1.273 with them: its 16 strided phase copies and 36 block
+#: copies cost more than the contiguous pooling saves.
 PHASE_MAX_K = 32
 
 #: fuse larger convolutions too (their columns as for :func:`conv2d`, the pooling over strided
-#: views of the product while it is in the cache): B/A 0.985 in the benchmark's model, within
-#: the noise, and the convolution's full-size output is never written.
+#: views of the product while it is in the cache): B/A 0.925 in the benchmark's model with
+#: 4 MiB steps (0.985 with 1 MiB steps), and the convolution's full-size output is never written.
 FUSE_COLS = True
 
 #: bytes of columns and product per step of :func:`conv2d_maxpool` (the product is ``O/(kh*kw*C)``
