@@ -318,7 +318,8 @@ class NumpyBackend(Backend):
 
     def conv2d_backward(self, ctx: dict[str, Any], grad_y: Any, weight: Any, bias: bool, need_input_grad: bool,
                         ws: Workspace | None = None) -> tuple[Any, Any | None, Any | None]:
-        """The columns folded back with ``+=`` into slices, two steps for 2-D kernels."""
+        """The columns folded back with ``+=`` into slices, two steps for 2-D kernels (flat shifts
+        of whole images for a 'same' convolution)."""
         return numpy_conv.conv2d_backward(ctx, grad_y, weight, bias, need_input_grad, ws)
 
     def fuses_conv2d_maxpool(self, in_channels: int, kernel: tuple[int, int]) -> bool:
@@ -330,13 +331,15 @@ class NumpyBackend(Backend):
     def conv2d_maxpool(self, x: Any, weight: Any, bias: Any | None, padding: tuple[int, int],
                        pool: tuple[int, int], relu: bool, chunk: int, keep: bool = True,
                        ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
-        """Columns in window-offset blocks: the pooling is contiguous passes over the product."""
+        """Each cache-sized step pools its own product; a small convolution's columns come in
+        window-offset blocks, which makes the pooling contiguous passes."""
         return numpy_conv.conv2d_maxpool(x, weight, bias, padding, pool, relu, keep, ws)
 
     def conv2d_maxpool_backward(self, ctx: dict[str, Any], grad_y: Any, weight: Any, bias: bool,
                                 need_input_grad: bool, ws: Workspace | None = None
                                 ) -> tuple[Any, Any | None, Any | None]:
-        """The routing to each window's maximum block by block, then the products and the fold."""
+        """The pooled gradient routed to each window's maximum in the product's layout, then the
+        products and the fold, step by step."""
         return numpy_conv.conv2d_maxpool_backward(ctx, grad_y, weight, bias, need_input_grad, ws)
 
     def max_pool2d(self, x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
