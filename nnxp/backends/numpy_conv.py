@@ -229,6 +229,37 @@ def _new(ws: Any, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return ws.get(name, shape, dtype) if ws is not None else np.empty(shape, dtype=dtype)
 
 
+def _unfold_views(ws: Any, steps: Sequence[tuple[int, int]], geo: dict[str, Any], dtype: Any
+                  ) -> tuple[dict[tuple[int, int], np.ndarray], dict[tuple[int, int], np.ndarray]]:
+    """Per-step ``out`` and ``shifted`` arrays for :func:`unfold` (:func:`_step_views`)."""
+    (kh, kw), (oh, ow), c, hp = geo["kernel"], geo["out_hw"], geo["c"], geo["pad_hw"][0]
+    cols = _step_views(ws, "cols", dtype, steps, lambda m: (kh * kw, c, m, oh, ow))
+    shifted = _step_views(ws, "shifted", dtype, steps, lambda m: (c, m, hp, ow) if kh > 1 and kw > 1 else (0,))
+    return cols, shifted
+
+
+def _fold_views(ws: Any, steps: Sequence[tuple[int, int]], geo: dict[str, Any], dtype: Any, acc: bool = True
+                ) -> tuple[dict[tuple[int, int], np.ndarray], dict[tuple[int, int], np.ndarray]]:
+    """Per-step ``gpad`` and ``acc`` arrays for :func:`fold_into` (``acc`` only for a 2-D kernel,
+    and when asked for)."""
+    (kh, kw), ow, c, (hp, wp) = geo["kernel"], geo["out_hw"][1], geo["c"], geo["pad_hw"]
+    gpad = _step_views(ws, "gpad", dtype, steps, lambda m: (c, m, hp, wp))
+    accs = _step_views(ws, "acc", dtype, steps, lambda m: (c, m, hp, ow) if acc and kh > 1 and kw > 1 else (0,))
+    return gpad, accs
+
+
+def _sum_shares(shares: Sequence[tuple[np.ndarray, np.ndarray | None]], bias: bool
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The steps' weight and bias gradient shares summed in step order (whichever thread ran
+    them), so the result does not depend on the thread count."""
+    dw2t, gb = None, None
+    for dw, db in shares:
+        dw2t = dw if dw2t is None else np.add(dw2t, dw, out=dw2t)
+        if bias:
+            gb = db if gb is None else np.add(gb, db, out=gb)
+    return dw2t, gb
+
+
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: Pair, padding: Pair,
            dilation: Pair, chunk: int, keep_cols: bool, ws: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
     """:meth:`~nnxp.backends.base.Backend.conv2d` on NumPy.
@@ -275,9 +306,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: P
     steps_of = []
     for n0, n1 in win.chunks(n, nb):  # one chunk after the other: they share the step buffers
         steps = _steps(n0, n1, step)
-        bufs["cols"] = _step_views(ws, "cols", dt, steps, lambda m: (kh * kw, c, m, oh, ow))
-        bufs["shifted"] = _step_views(ws, "shifted", dt, steps,
-                                      lambda m: (c, m, geo["pad_hw"][0], ow) if kh > 1 and kw > 1 else (0,))
+        bufs["cols"], bufs["shifted"] = _unfold_views(ws, steps, geo, dt)
         bufs["prod"] = _step_views(ws, "prod", dt, steps, lambda m: (0,) if per_image else (o, m * oh * ow))
         for s01, cols in zip(steps, parallel_rows(unit, n1 - n0, 0, parts=steps), strict=True):
             if cols is not None:
@@ -299,12 +328,11 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
     """
     xpt, geo, per_image = ctx["xpt"], ctx["geo"], ctx["per_image"]
     n, c, o, (oh, ow), (h, w), (kh, kw) = geo["n"], geo["c"], geo["o"], geo["out_hw"], geo["in_hw"], geo["kernel"]
-    (hp, wp), dt = geo["pad_hw"], grad_y.dtype
+    dt = grad_y.dtype
     k = kh * kw * c
     w2t = win.weight_matrix(np, weight, transposed=True) if need_input_grad else None
     gx = _new(ws, "gx", (n, c, h, w), dt) if need_input_grad else None
     kept = ctx["cols"] or {}
-    two_d = kh > 1 and kw > 1  # unfold and fold shift in two passes (their scratch arrays)
     bufs: dict[str, dict[tuple[int, int], np.ndarray]] = {}
 
     def unit(s0: int, s1: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -331,20 +359,16 @@ def conv2d_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.ndarray,
             fold_into(gx[s0:s1], dcols, geo, bufs["gpad"][s0, s1], bufs["acc"][s0, s1])
         return share, sums
 
-    dw2t, gb = None, None
+    shares = []
     for steps in ctx["steps"]:
         if not ctx["cols"]:
-            bufs["cols"] = _step_views(ws, "cols", dt, steps, lambda m: (kh * kw, c, m, oh, ow))
-            bufs["shifted"] = _step_views(ws, "shifted", dt, steps, lambda m: (c, m, hp, ow) if two_d else (0,))
+            bufs["cols"], bufs["shifted"] = _unfold_views(ws, steps, geo, dt)
         bufs["g2"] = _step_views(ws, "g2", dt, steps, lambda m: (0,) if per_image else (o, m, oh, ow))
         bufs["dcols"] = _step_views(ws, "dcols", dt, steps, lambda m: (k * m * oh * ow * need_input_grad,))
-        bufs["gpad"] = _step_views(ws, "gpad", dt, steps, lambda m: (c, m, hp, wp) if need_input_grad else (0,))
-        bufs["acc"] = _step_views(ws, "acc", dt, steps,
-                                  lambda m: (c, m, hp, ow) if need_input_grad and two_d else (0,))
-        for dw, db in parallel_rows(unit, 0, 0, parts=steps):  # summed in step order, whoever ran them
-            dw2t = dw if dw2t is None else np.add(dw2t, dw, out=dw2t)
-            if bias:
-                gb = db if gb is None else np.add(gb, db, out=gb)
+        if need_input_grad:
+            bufs["gpad"], bufs["acc"] = _fold_views(ws, steps, geo, dt)
+        shares += parallel_rows(unit, 0, 0, parts=steps)
+    dw2t, gb = _sum_shares(shares, bias)
     ctx["cols"] = None
     gw = dw2t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
     return gw, gb, gx
@@ -446,8 +470,7 @@ def _phase_fold_into(gx: np.ndarray, dcols: np.ndarray, kernel: Pair, pool: Pair
 def _pool_views(a: np.ndarray, pool: Pair, q_hw: Pair) -> list[np.ndarray]:
     """The ``(.., QH, QW)`` strided views of ``a`` ``(.., OH, OW)`` at each offset of non-overlapping
     ``pool`` windows, row-major (the order the first maximum is looked for in)."""
-    (pa, pb), (qh, qw) = pool, q_hw
-    return [a[..., di:di + pa * qh:pa, dj:dj + pb * qw:pb] for di in range(pa) for dj in range(pb)]
+    return [a[..., si, sj] for si, sj in win.offset_slices(pool, pool, (1, 1), q_hw)]
 
 
 def conv2d_maxpool(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, padding: Pair, pool: Pair,
@@ -486,9 +509,7 @@ def conv2d_maxpool(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p
         prods = _step_views(ws, "prod", dt, steps, lambda m: (o, slots, m * qh * qw))
     else:
         steps = _steps(0, n, _step_rows(geo, dt.itemsize, n))
-        shifted = _step_views(ws, "shifted", dt, steps, lambda m: (c, m, geo["pad_hw"][0], ow) if kh > 1 and kw > 1
-                              else (0,))
-        colss = _step_views(ws, "cols", dt, steps, lambda m: (kh * kw, c, m, oh, ow))
+        colss, shifted = _unfold_views(ws, steps, geo, dt)
         prods = _step_views(ws, "prod", dt, steps, lambda m: (o, m, oh, ow))
     bests = _step_views(ws, "best", dt, steps, lambda m: (o, m, qh, qw))
 
@@ -550,9 +571,7 @@ def conv2d_maxpool_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.
         dcolss = _step_views(ws, "dcols", dt, steps, lambda m: (k, m * (slots * qh * qw if phase else oh * ow)))
         if phase:
             gphs = _step_views(ws, "gph", dt, steps, lambda m: (pa + kh - 1, pb + kw - 1, c, m * qh * qw))
-        gpads = _step_views(ws, "gpad", dt, steps, lambda m: (c, m, *geo["pad_hw"]))
-        accs = _step_views(ws, "acc", dt, steps,
-                           lambda m: (c, m, geo["pad_hw"][0], ow) if not phase and kh > 1 and kw > 1 else (0,))
+        gpads, accs = _fold_views(ws, steps, geo, dt, acc=not phase)
 
     def unit(s0: int, s1: int) -> tuple[np.ndarray, np.ndarray | None]:
         cols, prod, best = ctx["kept"][s0, s1]
@@ -585,11 +604,7 @@ def conv2d_maxpool_backward(ctx: dict[str, Any], grad_y: np.ndarray, weight: np.
                 fold_into(gx[s0:s1], dcols, geo, gpads[s0, s1], accs[s0, s1])
         return share, sums
 
-    dw2t, gb = None, None
-    for dw, db in parallel_rows(unit, 0, 0, parts=steps):  # summed in step order, whoever ran them
-        dw2t = dw if dw2t is None else np.add(dw2t, dw, out=dw2t)
-        if bias:
-            gb = db if gb is None else np.add(gb, db, out=gb)
+    dw2t, gb = _sum_shares(parallel_rows(unit, 0, 0, parts=steps), bias)
     ctx["kept"] = None
     return dw2t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1), gb, gx
 
