@@ -59,3 +59,25 @@ def split_kernels(monkeypatch: pytest.MonkeyPatch, threads: int = 2) -> Iterator
             yield
     finally:
         nnxp.set_num_threads(None)
+
+
+def assert_run_plan_matches_layers(net: nnxp.Sequential, x: Any, g: Any) -> tuple[Any, Any]:
+    """``net``'s forward and backward (its run plan: reordered or fused steps) give exactly the
+    outputs, input gradient and parameter gradients of its layers run one by one in the order
+    given. Returns the model's output and input gradient."""
+    out = net.forward(x, training=True)
+    gx = net.backward(g)
+    grads = [{k: np.array(v) for k, v in layer.grads.items()} for layer in net.layers]
+    h = x
+    for layer in net.layers:  # the order given, each layer on its own
+        h = layer.forward(h, True)
+    gh = g
+    for layer in reversed(net.layers):
+        gh = layer.backward(gh)
+    np.testing.assert_array_equal(out, h)
+    np.testing.assert_array_equal(gx, gh)
+    for before, layer in zip(grads, net.layers, strict=True):
+        assert before.keys() == layer.grads.keys()
+        for k, v in before.items():
+            np.testing.assert_array_equal(v, layer.grads[k])
+    return out, gx

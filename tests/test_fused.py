@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import assert_run_plan_matches_layers
 
 import nnxp
 from nnxp import layers as L
@@ -72,22 +73,8 @@ def test_fused_step_equals_the_layers_one_by_one(dtype: str, relu: bool, bias: b
     assert _kinds(net)[0] == "ConvPool"
     x = np.round(np.random.default_rng(5).standard_normal((4, 2, 7, 6)) * 2).astype(dtype)  # ties, odd sizes
     g = np.round(np.random.default_rng(6).standard_normal((4, 2))).astype(dtype)
-    out = net.forward(x, training=True)
-    gx = net.backward(g)
-    grads = [{k: np.array(v) for k, v in layer.grads.items()} for layer in net.layers]
-    h = x
-    for layer in net.layers:  # the order given, each layer on its own
-        h = layer.forward(h, True)
-    gh = g
-    for layer in reversed(net.layers):
-        gh = layer.backward(gh)
-    np.testing.assert_array_equal(out, h)
-    np.testing.assert_array_equal(gx, gh)
+    out, gx = assert_run_plan_matches_layers(net, x, g)
     assert out.dtype == np.dtype(dtype) and gx.dtype == np.dtype(dtype)
-    for before, layer in zip(grads, net.layers, strict=True):
-        assert before.keys() == layer.grads.keys()
-        for k, v in before.items():
-            np.testing.assert_array_equal(v, layer.grads[k])
 
 
 class _Probe(L.Layer):

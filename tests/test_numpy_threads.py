@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 from conftest import works
-from helpers import split_kernels
+from helpers import assert_run_plan_matches_layers, split_kernels
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import nnxp
@@ -198,21 +198,7 @@ def test_relu_runs_after_the_max_pool_it_precedes_with_the_same_results(monkeypa
     assert [type(layer).__name__ for layer in _cnn(first_relu=True)._plan()][:2] == ["ReLU", "MaxPool2D"]
     rng = np.random.default_rng(1)
     x = np.round(rng.standard_normal((3, 1, 8, 8)), 1)  # rounded: ties, and zeros after ReLU
-    g = rng.standard_normal((3, 5))
-    out = net.forward(x, training=True)
-    gx = net.backward(g)
-    grads = [dict(layer.grads) for layer in net.layers]
-    h = x
-    for layer in net.layers:  # the order given
-        h = layer.forward(h, True)
-    gh = g
-    for layer in reversed(net.layers):
-        gh = layer.backward(gh)
-    np.testing.assert_array_equal(out, h)
-    np.testing.assert_array_equal(gx, gh)
-    for before, layer in zip(grads, net.layers, strict=True):
-        for k, v in before.items():
-            np.testing.assert_array_equal(v, layer.grads[k])
+    assert_run_plan_matches_layers(net, x, rng.standard_normal((3, 5)))
 
 
 def test_fit_splits_conv_models_only_and_trains_like_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,6 +57,14 @@ def dtype_error(layer: Any, x: Array) -> TypeError:
     )
 
 
+def check_grad(owner: Any, grad_y: Array, want: tuple[int, ...]) -> None:
+    """Raise a clear error unless ``grad_y`` has the shape ``want`` of the output of ``owner``'s
+    last forward pass (its ``repr`` goes into the message)."""
+    if tuple(grad_y.shape) != want:
+        raise ValueError(f"{owner!r}.backward expects a gradient of shape {want} "
+                         f"(the output's), got {tuple(grad_y.shape)}")
+
+
 def check_images(layer: Any, x: Array, channels: int | None = None) -> None:
     """Raise a clear error unless ``x`` is a floating NCHW batch on the layer's backend.
 

@@ -125,10 +125,7 @@ class Conv2D(Layer):
         if "ctx" not in self._cache:
             raise RuntimeError(f"{self!r}.backward(): its last forward pass ran fused with the MaxPool2D after it "
                                "(a Sequential's run plan); call the Sequential's backward instead.")
-        want = self._cache["out_shape"]
-        if tuple(grad_y.shape) != want:
-            raise ValueError(f"{self!r}.backward expects a gradient of shape {want} "
-                             f"(the output's), got {tuple(grad_y.shape)}")
+        win.check_grad(self, grad_y, self._cache["out_shape"])
         gw, gb, gx = self.backend.conv2d_backward(self._cache["ctx"], grad_y, self.params["weight"],
                                                   self.use_bias, self.need_input_grad,
                                                   ws=self.workspace(True))

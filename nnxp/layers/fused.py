@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _windows as win
 from .activations import ReLU
 from .base import Array, Layer
 from .conv import Conv2D
@@ -50,10 +51,7 @@ class ConvPool:
         conv = self.conv
         if "fused" not in conv._cache:
             raise RuntimeError(f"{self!r}.backward() called before forward()")
-        want = conv._cache["out_shape"]
-        if tuple(grad_y.shape) != want:
-            raise ValueError(f"{self!r}.backward expects a gradient of shape {want} "
-                             f"(the output's), got {tuple(grad_y.shape)}")
+        win.check_grad(self, grad_y, conv._cache["out_shape"])
         gw, gb, gx = conv.backend.conv2d_maxpool_backward(conv._cache["fused"], grad_y, conv.params["weight"],
                                                           conv.use_bias, conv.need_input_grad,
                                                           ws=conv.workspace(True))

@@ -36,10 +36,7 @@ class _Pool2D(Layer):
                                (1, 1), f"input of shape {tuple(x.shape)}")
 
     def _check_grad(self, grad_y: Array) -> None:
-        want = self._cache["out_shape"]
-        if tuple(grad_y.shape) != want:
-            raise ValueError(f"{self!r}.backward expects a gradient of shape {want} "
-                             f"(the output's), got {tuple(grad_y.shape)}")
+        win.check_grad(self, grad_y, self._cache["out_shape"])
 
     def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         shape = tuple(input_shape)
